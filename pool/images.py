@@ -1,0 +1,99 @@
+"""Validate and decode image bytes with Pillow. Shared by the importer, the crawler and dedup."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from pool.errors import InvalidImage
+
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
+DEFAULT_MAX_PIXELS = 40_000_000  # refuse decompression bombs before decoding pixels
+DEFAULT_MIN_SIDE = 8
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    format: str  # Pillow's format name, e.g. "JPEG"
+    frames: int
+
+
+def inspect_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    formats: frozenset[str] = ALLOWED_FORMATS,
+) -> ImageInfo:
+    """Fully decode `data` (first frame) and return its size and format, or raise InvalidImage.
+
+    The pixel count is checked from the header, before any pixel is decoded, so a small file
+    that declares 30000x30000 pixels costs nothing.
+    """
+    if not data:
+        raise InvalidImage("empty", "no bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImage("too_many_pixels", str(exc)) from None
+    except Exception as exc:  # Pillow raises many types for garbage input
+        raise InvalidImage("not_an_image", type(exc).__name__) from None
+    with img:
+        fmt = img.format or "?"
+        if fmt not in formats:
+            raise InvalidImage("format_not_allowed", fmt)
+        width, height = img.size
+        if width * height > max_pixels:
+            raise InvalidImage("too_many_pixels", f"{width}x{height}")
+        if min(width, height) < min_side:
+            raise InvalidImage("too_small", f"{width}x{height}")
+        try:
+            img.seek(0)
+            img.load()  # decodes the pixels: truncated files fail here
+        except Exception as exc:
+            raise InvalidImage("truncated_or_corrupt", f"{type(exc).__name__}: {exc}") from None
+        frames = getattr(img, "n_frames", 1)
+    return ImageInfo(width=width, height=height, format=fmt, frames=frames)
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Decode the first frame as RGB, honouring EXIF orientation; transparent areas become white."""
+    img = Image.open(io.BytesIO(data))
+    img.seek(0)
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size` and crop the centre square.
+
+    Area averaging (BOX) when shrinking keeps small images faithful; bicubic when enlarging.
+    """
+    shrinking = min(img.size) >= size
+    method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+    return ImageOps.fit(img, (size, size), method=method, centering=(0.5, 0.5))
+
+
+EXTENSIONS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "GIF": "gif",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "TIFF": "tif",
+}
+
+
+def extension_for(fmt: str) -> str:
+    return EXTENSIONS.get(fmt, "img")

@@ -1,0 +1,1 @@
+"""kd3 workers stage."""

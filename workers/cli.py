@@ -1,0 +1,48 @@
+"""The `kd3` command line. Each stage registers its own subcommands; this module composes them.
+
+Errors that a user can fix (bad input, bad config) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pool.cli import register as register_pool
+from pool.errors import PoolError
+
+USER_ERRORS: tuple[type[Exception], ...] = (PoolError,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kd3",
+        description="Distil an image classifier into a small one from crawled web images.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register_pool(sub)
+    demo = sub.add_parser("demo", help="run the offline end-to-end demo")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print(
+        "kd3 demo: the end-to-end demo is not built yet (workers/ issue: Celery jobs, "
+        "the kd3 command line, docker compose and the demo)",
+        file=sys.stderr,
+    )
+    return 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"kd3 {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
