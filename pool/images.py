@@ -6,7 +6,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pool.errors import InvalidImage
 
@@ -43,8 +43,10 @@ def inspect_image(
             img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImage("too_many_pixels", str(exc)) from None
-    except Exception as exc:  # Pillow raises many types for garbage input
-        raise InvalidImage("not_an_image", type(exc).__name__) from None
+    except UnidentifiedImageError:
+        raise InvalidImage("not_an_image", "no known image signature") from None
+    except Exception as exc:  # a known signature whose header is cut or broken
+        raise InvalidImage("truncated_or_corrupt", f"{type(exc).__name__}: {exc}") from None
     with img:
         fmt = img.format or "?"
         if fmt not in formats:

@@ -177,7 +177,7 @@ class Pool:
                 manifest.write(
                     self.manifest_path, manifest.concat(table, manifest.table_from_rows(new_rows))
                 )
-            refinds = self._new_finds(items, known, rows)
+            refinds = self._new_finds(items, known, new_rows)
             if refinds:
                 self.finds_dir.mkdir(exist_ok=True)
                 part = (
@@ -187,10 +187,10 @@ class Pool:
                 result.finds_recorded = len(refinds)
         return result
 
-    def _new_finds(self, items, known: dict[str, str], rows: dict[str, dict]) -> list[dict]:
+    def _new_finds(self, items, known: dict[str, str], new_rows: list[dict]) -> list[dict]:
         """Finds of images already stored (or repeated in this batch) under a URL not yet seen."""
         previous = self.finds()
-        seen = set(known.items()) | {(r["sha256"], r["url"]) for r in rows.values()}
+        seen = set(known.items()) | {(r["sha256"], r["url"]) for r in new_rows}
         if previous is not None:
             seen |= set(
                 zip(previous["sha256"].to_pylist(), previous["url"].to_pylist(), strict=True)

@@ -11,6 +11,11 @@ import sys
 from pool.cli import register as register_pool
 from pool.errors import PoolError
 
+# Each stage's `register(subparsers)`; stage CLI modules import heavy libraries (torch, faiss,
+# scrapy) inside their command functions so that `kd3 --help` stays fast.
+STAGE_CLIS = [register_pool]
+
+# Exceptions that mean "the user's input is wrong": printed as one line, exit status 2.
 USER_ERRORS: tuple[type[Exception], ...] = (PoolError,)
 
 
@@ -20,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil an image classifier into a small one from crawled web images.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register_pool(sub)
+    for register in STAGE_CLIS:
+        register(sub)
     demo = sub.add_parser("demo", help="run the offline end-to-end demo")
     demo.set_defaults(func=cmd_demo)
     return parser
