@@ -8,15 +8,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from crawler.cli import register as register_crawler
+from crawler.errors import CrawlError
+from distill.cli import register as register_distill
+from distill.errors import DistillError
 from pool.cli import register as register_pool
 from pool.errors import PoolError
+from workers.jobs_cli import register as register_jobs
 
 # Each stage's `register(subparsers)`; stage CLI modules import heavy libraries (torch, faiss,
 # scrapy) inside their command functions so that `kd3 --help` stays fast.
-STAGE_CLIS = [register_pool]
+STAGE_CLIS = [register_pool, register_crawler, register_distill, register_jobs]
 
 # Exceptions that mean "the user's input is wrong": printed as one line, exit status 2.
-USER_ERRORS: tuple[type[Exception], ...] = (PoolError,)
+USER_ERRORS: tuple[type[Exception], ...] = (PoolError, CrawlError, DistillError)
 
 
 def build_parser() -> argparse.ArgumentParser:

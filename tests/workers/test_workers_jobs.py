@@ -1,0 +1,143 @@
+"""Distillation jobs on real Celery workers: success, cancel, bad inputs, a killed worker, a
+Redis restart. Every process here is real; the only shortcut is a 3 s lease."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+
+from tests.workers.conftest import wait_final, wait_for
+from workers.jobs import JobStore
+from workers.submit import submit_distill
+
+
+def _train(epochs: int, **extra) -> dict:
+    return {
+        "method": "kd3",
+        "student": "resnet8",
+        "epochs": epochs,
+        "batch_size": 64,
+        "lr": 0.05,
+        **extra,
+    }
+
+
+def _store(settings) -> JobStore:
+    return JobStore(redis.Redis.from_url(settings.redis_url))
+
+
+def _events(store: JobStore, job_id: str) -> list[str]:
+    return [fields["event"] for _id, fields in store.events(job_id)]
+
+
+def test_distill_job_runs_to_the_end_and_publishes_the_student(
+    services, start_worker, teacher_and_data
+):
+    _server, settings = services
+    data = teacher_and_data
+    job = submit_distill(settings, teacher=str(data["teacher"]), pool=str(data["pool"]),
+                         eval_set=str(data["eval"]), train=_train(2))  # fmt: skip
+    assert job.status == "queued" and job.spec["teacher"].startswith("artifact:teachers/")
+    start_worker("gpu")
+    store = _store(settings)
+    done = wait_final(store, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.metrics["epoch"] == 2 and 0 <= done.metrics["eval_accuracy"] <= 1
+    student = Path(settings.artifacts) / done.artifacts["student.pt"]
+    assert student.stat().st_size > 0
+    events = _events(store, job.id)
+    assert events[0] == "queued" and "running" in events and events[-1] == "succeeded"
+    assert "progress" in events
+
+
+def test_cancel_stops_a_running_job_within_a_step(services, start_worker, teacher_and_data):
+    _server, settings = services
+    data = teacher_and_data
+    job = submit_distill(
+        settings, teacher=str(data["teacher"]), pool=str(data["pool"]), train=_train(50)
+    )
+    start_worker("gpu")
+    store = _store(settings)
+    wait_for(lambda: store.get(job.id).progress.get("step"), 60, "training to start")
+    store.request_cancel(job.id)
+    done = wait_final(store, job.id, timeout=30)
+    assert done.status == "cancelled"
+    assert done.progress["epoch"] < 50
+
+
+def test_bad_inputs_fail_the_job_with_one_line(services, start_worker, teacher_and_data, tmp_path):
+    from workers.submit import enqueue
+
+    _server, settings = services
+    data = teacher_and_data
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(data["teacher"].read_bytes()[:300])
+    store = _store(settings)
+    bad_teacher = submit_distill(
+        settings, teacher=str(corrupt), pool=str(data["pool"]), train=_train(1)
+    )
+    bad_arch = submit_distill(settings, teacher=str(data["teacher"]), pool=str(data["pool"]),
+                              train=_train(1, student="resnet9000"))  # fmt: skip
+    missing_pool = store.create(
+        "distill", {**bad_arch.spec, "train": _train(1), "pool": str(tmp_path / "no-pool")}
+    )
+    enqueue(settings, missing_pool)
+    start_worker("gpu")
+    expected = {
+        bad_teacher.id: "not a PyTorch checkpoint",
+        bad_arch.id: "resnet9000",
+        missing_pool.id: "no-pool: no such pool directory or .npz file",
+    }
+    for job_id, phrase in expected.items():
+        done = wait_final(store, job_id)
+        assert done.status == "failed"
+        assert phrase in done.error and "\n" not in done.error, done.error
+
+
+def test_killed_worker_job_resumes_on_a_new_worker_and_finishes_once(
+    services, start_worker, teacher_and_data
+):
+    _server, settings = services
+    data = teacher_and_data
+    job = submit_distill(
+        settings, teacher=str(data["teacher"]), pool=str(data["pool"]), train=_train(6)
+    )
+    store = _store(settings)
+    first = start_worker("gpu")
+    wait_for(lambda: (store.get(job.id).progress.get("epoch") or 0) >= 2 and
+             store.get(job.id).progress.get("step"), 120, "epoch 2 to be under way")  # fmt: skip
+    first.kill()
+    assert store.get(job.id).status == "running"
+    start_worker("gpu")
+    done = wait_final(store, job.id, timeout=180)
+    assert done.status == "succeeded", done.error
+    assert done.attempts == 2
+    events = _events(store, job.id)
+    assert events.count("succeeded") == 1 and events.count("requeued") == 1
+    metrics = [
+        json.loads(line)
+        for line in (Path(settings.artifacts) / f"jobs/{job.id}/metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+
+
+def test_queued_and_running_jobs_survive_a_redis_restart(services, start_worker, teacher_and_data):
+    server, settings = services
+    data = teacher_and_data
+    store = _store(settings)
+    running = submit_distill(
+        settings, teacher=str(data["teacher"]), pool=str(data["pool"]), train=_train(4)
+    )
+    queued = submit_distill(
+        settings, teacher=str(data["teacher"]), pool=str(data["pool"]), train=_train(1)
+    )
+    start_worker("gpu")
+    wait_for(lambda: store.get(running.id).progress.get("step"), 60, "the first job to train")
+    server.restart()
+    for job in (running, queued):
+        done = wait_final(_store(settings), job.id, timeout=180)
+        assert done.status == "succeeded", done.error
