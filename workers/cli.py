@@ -10,18 +10,27 @@ import sys
 
 from crawler.cli import register as register_crawler
 from crawler.errors import CrawlError
+from dedup.cli import register as register_dedup
+from dedup.errors import DedupError
 from distill.cli import register as register_distill
 from distill.errors import DistillError
 from pool.cli import register as register_pool
 from pool.errors import PoolError
+from workers.config import ConfigError
 from workers.jobs_cli import register as register_jobs
 
 # Each stage's `register(subparsers)`; stage CLI modules import heavy libraries (torch, faiss,
 # scrapy) inside their command functions so that `kd3 --help` stays fast.
-STAGE_CLIS = [register_pool, register_crawler, register_distill, register_jobs]
+STAGE_CLIS = [register_pool, register_crawler, register_dedup, register_distill, register_jobs]
 
 # Exceptions that mean "the user's input is wrong": printed as one line, exit status 2.
-USER_ERRORS: tuple[type[Exception], ...] = (PoolError, CrawlError, DistillError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    PoolError,
+    CrawlError,
+    DedupError,
+    DistillError,
+    ConfigError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,16 @@ def register(subparsers) -> None:
         help="any other training setting (see kd3 distill --help), value as JSON or text",
     )  # fmt: skip
     dist.set_defaults(func=cmd_submit_distill)
+    pipe = kinds.add_parser("pipeline", help="crawl -> dedup -> distill from a config file")
+    pipe.add_argument("config", metavar="CONFIG", help="pipeline YAML (see configs/)")
+    pipe.add_argument("--wait", action="store_true", help="follow it until it ends")
+    pipe.set_defaults(func=cmd_submit_pipeline)
     _add_connection(submit)
+
+    run = subparsers.add_parser("run", help="run a pipeline config in this process (no broker)")
+    run.add_argument("config", metavar="CONFIG", help="pipeline YAML (see configs/)")
+    _add_connection(run)
+    run.set_defaults(func=cmd_run)
 
     for name, helptext in [("status", "a job's record"), ("watch", "follow a job live"),
                            ("cancel", "stop a job (at its next step)"),
@@ -98,6 +107,70 @@ def cmd_submit_distill(args) -> int:
     )  # fmt: skip
     print(job.id)
     return 0
+
+
+def _load_checked(path: str):
+    """Load a pipeline config and check each stage's settings before anything is queued."""
+    from distill.models import model_names
+    from distill.trainer import TrainConfig
+    from workers.config import ConfigError, load_config
+
+    config = load_config(path)
+    if config.distill is not None:
+        if config.distill.student not in model_names():
+            raise ConfigError(f"{path}: distill.student: unknown architecture "
+                              f"'{config.distill.student}' (kd3 models lists them)")  # fmt: skip
+        try:
+            TrainConfig(**config.distill.train())
+        except TypeError as exc:
+            raise ConfigError(f"{path}: distill.options: {exc}") from None
+    return config
+
+
+def cmd_submit_pipeline(args) -> int:
+    from workers.artifacts import ArtifactStore
+    from workers.pipeline import create_pipeline
+    from workers.submit import enqueue
+
+    config = _load_checked(args.config)
+    settings = _settings(args)
+    store = JobStore(redis.Redis.from_url(settings.redis_url))
+    job = create_pipeline(store, ArtifactStore(settings.artifacts), config,
+                          lambda child: enqueue(settings, child))  # fmt: skip
+    print(job.id)
+    if args.wait:
+        args.job = job.id
+        return cmd_watch(args)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from workers.run_local import run_pipeline
+
+    config = _load_checked(args.config)
+    settings = _settings(args)
+    parent, children = run_pipeline(config, settings.artifacts, args.redis)
+    print(format_summary(parent, children, settings.artifacts))
+    return 0 if parent.status == "succeeded" else 1
+
+
+def format_summary(parent: Job, children: list[Job], artifacts_root: str) -> str:
+    lines = [
+        f"pipeline {parent.id}: {parent.status}" + (f" ({parent.error})" if parent.error else "")
+    ]
+    for job in children:
+        m = job.metrics
+        if job.kind == "crawl":
+            detail = f"{m.get('images_stored', 0)} images stored"
+        elif job.kind == "dedup":
+            detail = ", ".join(f"{k} {v}" for k, v in m.items() if isinstance(v, int))
+        else:
+            acc = m.get("eval_accuracy")
+            detail = f"final accuracy {acc:.2%}" if acc is not None else ""
+        lines.append(f"  {job.kind:<8} {job.status:<10} {detail}")
+        for name, key in sorted(job.artifacts.items()):
+            lines.append(f"           {name}: {artifacts_root.rstrip('/')}/{key}")
+    return "\n".join(lines)
 
 
 def _when(ts: float | None) -> str:

@@ -115,6 +115,7 @@ def execute_job(
     stage: StageFn,
     lease_ttl: float,
     enqueue: Callable[[Job], None],
+    redis_url: str,
 ) -> str:
     """Run `stage` for the job if it should run; return what happened, for the task result."""
     job = store.get(job_id)
@@ -134,7 +135,7 @@ def execute_job(
             return "cancelled"
         store.mark_running(job_id, worker_name())
         _update_parent(store, job, "running")
-        ctx = JobContext(store, job, artifacts, keeper)
+        ctx = JobContext(store, job, artifacts, keeper, redis_url)
         try:
             result = stage(job.spec, ctx)
         except JobStopped as exc:

@@ -8,6 +8,10 @@ artifact store; outputs go to the store under jobs/<job id>/ (pools under pools/
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from workers.runtime import JobContext, JobStopped, StageResult
@@ -75,4 +79,73 @@ def run_distill(spec: dict, ctx: JobContext) -> StageResult:
     return StageResult(metrics=result.final, artifacts=artifacts)
 
 
-STAGES = {"distill": run_distill}
+def run_crawl(spec: dict, ctx: JobContext) -> StageResult:
+    """Crawl in a child process (a Twisted reactor runs once per process). The crawl id is the
+    job id, so a redelivered job resumes the same crawl from Scrapy's job directory."""
+    import redis
+
+    from crawler.stats import read_stats
+
+    crawl_id = spec.get("crawl_id") or ctx.job_id
+    pool_key = spec["pool_key"]
+    out = ctx.artifacts.work_dir(pool_key)
+    args = [sys.executable, "-m", "crawler.run", "--classes", ",".join(spec["classes"]),
+            "--out", str(out), "--sources", ",".join(spec["sources"]),
+            "--per-class", str(spec["per_class"]), "--redis", ctx.redis_url,
+            "--crawl-id", crawl_id]  # fmt: skip
+    for name, words in spec.get("keywords", {}).items():
+        if words:
+            args += ["--keywords", f"{name}={';'.join(words)}"]
+    args += [a for seed in spec.get("seeds", []) for a in ("--seed", seed)]
+    args += [
+        a for k, v in spec.get("source_urls", {}).items() for a in ("--source-url", f"{k}={v}")
+    ]
+    args += [a for net in spec.get("allow_networks", []) for a in ("--allow-network", net)]
+    args += [a for k, v in spec.get("hosts", {}).items() for a in ("--host", f"{k}={v}")]
+    args += [a for k, v in spec.get("settings", {}).items() for a in ("--set", f"{k}={_json(v)}")]
+
+    client = redis.Redis.from_url(ctx.redis_url)
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopping_since = None
+    while process.poll() is None:
+        time.sleep(0.5)
+        stats = _safe(lambda: read_stats(client, crawl_id), {})
+        ctx.progress({"stage": "crawl", "crawl_id": crawl_id,
+                      "images_stored": int(stats.get("images_stored", 0))})  # fmt: skip
+        if ctx.should_stop() and stopping_since is None:
+            stopping_since = time.monotonic()
+            process.send_signal(signal.SIGINT)  # Scrapy stops gracefully; its job dir stays
+        elif stopping_since and time.monotonic() - stopping_since > 30:
+            process.kill()
+    out_text, err_text = process.communicate()
+    if stopping_since is not None:
+        raise JobStopped("cancelled during the crawl")
+    if process.returncode != 0:
+        lines = [line for line in err_text.strip().splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else f"crawler exited with {process.returncode}")
+    ctx.artifacts.sync_up(out, pool_key)
+    stats = _safe(lambda: read_stats(client, crawl_id), {})
+    summary = out_text.strip().splitlines()[-1] if out_text.strip() else ""
+    return StageResult(
+        metrics={"crawl_id": crawl_id, "summary": summary,
+                 **{k: int(v) for k, v in stats.items() if v.isdigit()}},
+        artifacts={"pool": pool_key},
+    )  # fmt: skip
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def _safe(read, default):
+    import redis
+
+    try:
+        return read()
+    except redis.exceptions.ConnectionError:
+        return default
+
+
+STAGES = {"crawl": run_crawl, "distill": run_distill}

@@ -39,7 +39,13 @@ def _run(kind: str, job_id: str) -> str:
     from workers.stages import STAGES  # imports torch/scrapy lazily, inside the worker
 
     return execute_job(
-        job_store(), artifact_store(), job_id, STAGES[kind], settings().lease_ttl, enqueue
+        job_store(),
+        artifact_store(),
+        job_id,
+        STAGES[kind],
+        settings().lease_ttl,
+        enqueue,
+        settings().redis_url,
     )
 
 

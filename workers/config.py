@@ -1,0 +1,136 @@
+"""Pipeline configs (YAML): validated with pydantic, errors reported one per line with the field.
+
+    name: pets                     # the pool is published as pools/<name> in the artifact store
+    classes: [cat, {name: dog, keywords: [puppy]}]   # in the teacher's output order
+    crawl: {sources: [wikimedia, openverse], per_class: 200}
+    dedup: {eval: data/test.npz}
+    distill: {teacher: teacher.pt, student: resnet8, method: kd3, epochs: 30, eval: data/test.npz}
+
+Relative paths are relative to the config file. Leave out `crawl` and give `pool:` to start
+from an existing pool; leave out `dedup` or `distill` to stop earlier.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the file and every bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassSpec(_Strict):
+    name: str = Field(min_length=1)
+    keywords: list[str] = []
+
+
+class CrawlSpec(_Strict):
+    sources: list[str] = ["wikimedia", "openverse"]
+    per_class: int = Field(100, ge=0)
+    seeds: list[str] = []
+    source_urls: dict[str, str] = {}
+    allow_networks: list[str] = []  # e.g. 127.0.0.0/8 for a local demo web
+    hosts: dict[str, str] = {}
+    settings: dict[str, Any] = {}  # any Scrapy or KD3_ setting
+
+
+class DedupSpec(_Strict):
+    eval: str | None = None  # evaluation set to decontaminate against (pool, folder or npz)
+    radius: int | None = Field(None, ge=0, le=64)
+    similarity: float | None = Field(None, gt=0, le=1)
+    use_teacher: bool = True  # embed with the distill teacher when there is one
+
+
+class DistillSpec(_Strict):
+    teacher: str
+    teacher_arch: str | None = None
+    student: str = "resnet8"
+    method: str = "kd3"
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(0.05, gt=0)
+    seed: int = 0
+    eval: str | None = None
+    options: dict[str, Any] = {}  # any other TrainConfig field
+    device: str | None = None
+
+    def train(self) -> dict:
+        return {"method": self.method, "student": self.student, "epochs": self.epochs,
+                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed, **self.options}  # fmt: skip
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    classes: list[ClassSpec] = Field(min_length=1)
+    pool: str | None = None  # an existing pool instead of a crawl
+    crawl: CrawlSpec | None = None
+    dedup: DedupSpec | None = None
+    distill: DistillSpec | None = None
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _names_as_classes(cls, value):
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.crawl is None) == (self.pool is None):
+            raise ValueError(
+                "give either 'crawl' (collect a new pool) or 'pool' (use one), not both"
+            )
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate class names in {names}")
+        return self
+
+    def resolve_paths(self, base: Path) -> PipelineConfig:
+        """Make relative file paths absolute against `base` (the config's folder)."""
+
+        def fix(p: str | None) -> str | None:
+            if p is None or p.startswith("artifact:") or "://" in p:
+                return p
+            return str((base / p).resolve())
+
+        update = {"pool": fix(self.pool)}
+        if self.dedup:
+            update["dedup"] = self.dedup.model_copy(update={"eval": fix(self.dedup.eval)})
+        if self.distill:
+            update["distill"] = self.distill.model_copy(
+                update={"teacher": fix(self.distill.teacher), "eval": fix(self.distill.eval)}
+            )
+        return self.model_copy(update=update)
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+    return config.resolve_paths(path.parent)

@@ -1,0 +1,67 @@
+"""A pipeline is crawl -> dedup -> distill, as three job records linked by `next` under a parent.
+
+Each job enqueues the next when it succeeds (rather than a Celery chain), so a job that is
+requeued after its worker died keeps its place in the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from workers.artifacts import ArtifactStore
+from workers.config import PipelineConfig
+from workers.jobs import Job, JobStore
+from workers.stages import ARTIFACT_PREFIX
+from workers.submit import upload_input
+
+
+def plan(config: PipelineConfig, artifacts: ArtifactStore) -> list[tuple[str, dict]]:
+    """The (kind, spec) of each stage, with local inputs uploaded to the artifact store."""
+    stages: list[tuple[str, dict]] = []
+    if config.crawl is not None:
+        pool_key = f"pools/{config.name}"
+        stages.append(("crawl", {
+            "classes": [c.name for c in config.classes],
+            "keywords": {c.name: c.keywords for c in config.classes if c.keywords},
+            "pool_key": pool_key,
+            **config.crawl.model_dump(),
+        }))  # fmt: skip
+        pool_ref = ARTIFACT_PREFIX + pool_key
+    else:
+        pool_ref = upload_input(artifacts, config.pool)
+    teacher_ref = None
+    if config.distill is not None:
+        teacher_ref = ARTIFACT_PREFIX + artifacts.put_teacher(config.distill.teacher)
+    if config.dedup is not None:
+        d = config.dedup
+        stages.append(("dedup", {
+            "pool": pool_ref, "eval": upload_input(artifacts, d.eval), "radius": d.radius,
+            "similarity": d.similarity, "teacher": teacher_ref if d.use_teacher else None,
+            "teacher_arch": config.distill.teacher_arch if config.distill else None,
+        }))  # fmt: skip
+    if config.distill is not None:
+        d = config.distill
+        stages.append(("distill", {
+            "teacher": teacher_ref, "teacher_arch": d.teacher_arch, "pool": pool_ref,
+            "eval": upload_input(artifacts, d.eval), "train": d.train(), "device": d.device,
+        }))  # fmt: skip
+    return stages
+
+
+def create_pipeline(
+    store: JobStore,
+    artifacts: ArtifactStore,
+    config: PipelineConfig,
+    enqueue: Callable[[Job], None],
+) -> Job:
+    """Create the parent and child records (last child first, to link `next`); queue the first."""
+    stages = plan(config, artifacts)
+    parent = store.create("pipeline", {"config": config.model_dump(mode="json")})
+    next_id, children = "", []
+    for kind, spec in reversed(stages):
+        child = store.create(kind, spec, next_job=next_id, parent=parent.id)
+        next_id = child.id
+        children.insert(0, child.id)
+    store.set_children(parent.id, children)
+    enqueue(store.get(children[0]))
+    return store.get(parent.id)

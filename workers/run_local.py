@@ -1,0 +1,49 @@
+"""`kd3 run CONFIG`: the whole pipeline in this process, without a broker.
+
+The same job records and stage functions as on the workers; Redis (for job records and crawl
+stats) is $KD3_REDIS_URL when given, else a redis-server started here for the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from workers.artifacts import ArtifactStore
+from workers.config import PipelineConfig
+from workers.jobs import Job, JobStore
+from workers.local_redis import RedisServer
+from workers.pipeline import create_pipeline
+from workers.runtime import execute_job
+
+
+def run_pipeline(
+    config: PipelineConfig, artifacts_root: str | Path, redis_url: str | None = None,
+    log=lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> tuple[Job, list[Job]]:  # fmt: skip
+    """Run every stage in order; returns the pipeline record and its children's records."""
+    from workers.stages import STAGES
+
+    with contextlib.ExitStack() as stack:
+        if redis_url is None:
+            server = stack.enter_context(RedisServer(data_dir=Path(artifacts_root) / "redis"))
+            redis_url = server.url
+        store = JobStore(redis.Redis.from_url(redis_url))
+        artifacts = ArtifactStore(artifacts_root)
+        queue: list[Job] = []
+        parent = create_pipeline(store, artifacts, config, queue.append)
+        while queue:
+            job = queue.pop(0)
+            log(f"[{job.kind}] {job.id} starting")
+            start = time.perf_counter()
+            outcome = execute_job(store, artifacts, job.id, STAGES[job.kind], lease_ttl=120,
+                                  enqueue=queue.append, redis_url=redis_url)  # fmt: skip
+            done = store.get(job.id)
+            log(f"[{job.kind}] {outcome} in {time.perf_counter() - start:.0f} s"
+                + (f": {done.error}" if done.error else ""))  # fmt: skip
+        children = [store.get(c) for c in store.get(parent.id).children]
+        return store.get(parent.id), children
