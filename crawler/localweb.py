@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address):
+        # Clients that drop a keep-alive connection or give up mid-response are normal here.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class LocalWeb:
@@ -95,15 +101,15 @@ class LocalWeb:
         response = (
             route(request) if route else Response(404, b"not found", {"Content-Type": "text/plain"})
         )
-        handler.send_response(response.status)
-        for name, value in response.headers.items():
-            handler.send_header(name, value)
-        if "Content-Length" not in response.headers:
-            handler.send_header("Content-Length", str(len(response.body)))
-        handler.end_headers()
-        if send_body and response.body:
-            # A client that gives up (size caps, timeouts) is expected in hostile tests.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        # A client that gives up (size caps, timeouts) is expected in hostile tests.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            handler.send_response(response.status)
+            for name, value in response.headers.items():
+                handler.send_header(name, value)
+            if "Content-Length" not in response.headers:
+                handler.send_header("Content-Length", str(len(response.body)))
+            handler.end_headers()
+            if send_body and response.body:
                 handler.wfile.write(response.body)
 
     def start(self) -> LocalWeb:
