@@ -41,18 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in STAGE_CLIS:
         register(sub)
-    demo = sub.add_parser("demo", help="run the offline end-to-end demo")
+    demo = sub.add_parser("demo", help="run the offline end-to-end demo (a few minutes)")
+    demo.add_argument("--out", default="runs/demo", help="run folder (replaced if it holds a demo)")
+    demo.add_argument("--preset", choices=["full", "quick"], default="full")
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print(
-        "kd3 demo: the end-to-end demo is not built yet (workers/ issue: Celery jobs, "
-        "the kd3 command line, docker compose and the demo)",
-        file=sys.stderr,
-    )
-    return 3
+    from workers.demo.run import format_summary, run_demo
+
+    print(format_summary(run_demo(args.out, args.preset)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

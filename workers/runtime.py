@@ -65,10 +65,10 @@ class LeaseKeeper(threading.Thread):
 class JobContext:
     """What a stage sees of the job: its id, spec, artifact store, progress and stop checks."""
 
-    def __init__(
-        self, store: JobStore, job: Job, artifacts: ArtifactStore, keeper: LeaseKeeper | None
-    ):
+    def __init__(self, store: JobStore, job: Job, artifacts: ArtifactStore,
+                 keeper: LeaseKeeper | None, redis_url: str):  # fmt: skip
         self.store, self.job, self.artifacts, self.keeper = store, job, artifacts, keeper
+        self.redis_url = redis_url  # for stages that keep their own records (crawl stats)
         self._last_report = 0.0
 
     @property

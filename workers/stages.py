@@ -148,4 +148,43 @@ def _safe(read, default):
         return default
 
 
-STAGES = {"crawl": run_crawl, "distill": run_distill}
+def run_dedup(spec: dict, ctx: JobContext) -> StageResult:
+    """Mark duplicates and evaluation overlaps in the pool's manifest (in the store)."""
+    from dedup import embeddings
+    from dedup.report import write_report
+    from dedup.run import DEFAULT_RADIUS, DEFAULT_SIM, dedup_pool, model_key_for_file
+
+    _limit_threads()
+    pool_ref = spec["pool"]
+    if not pool_ref.startswith(ARTIFACT_PREFIX):
+        raise ValueError(f"dedup works on a pool in the artifact store, got {pool_ref}")
+    pool_key = pool_ref[len(ARTIFACT_PREFIX) :]
+    pool_dir = ctx.artifacts.work_dir(pool_key)
+    if spec.get("teacher"):
+        from distill.features import load_feature_extractor
+
+        teacher = resolve(ctx, spec["teacher"])
+        extractor, key = load_feature_extractor(str(teacher)), model_key_for_file(teacher)
+    else:
+        network = spec.get("network") or embeddings.DEFAULT_NETWORK
+        extractor, key = embeddings.create_extractor(network), network
+    ctx.progress({"stage": "dedup", "pool": pool_key}, force=True)
+    result = dedup_pool(
+        pool_dir,
+        eval_set=resolve(ctx, spec["eval"]) if spec.get("eval") else None,
+        extractor=extractor,
+        model_key=key,
+        radius=spec.get("radius") if spec.get("radius") is not None else DEFAULT_RADIUS,
+        sim=spec.get("similarity") if spec.get("similarity") is not None else DEFAULT_SIM,
+    )
+    report = write_report(result)
+    ctx.artifacts.sync_up(pool_dir, pool_key)
+    return StageResult(
+        metrics={"counts": report["counts"], "groups": report["groups"],
+                 **{k: int(v) for k, v in report["counts"].items()}},
+        artifacts={"pool": pool_key, "dedup_report": f"{pool_key}/dedup/report.json",
+                   "contact_sheet": f"{pool_key}/dedup/contact_sheet.png"},
+    )  # fmt: skip
+
+
+STAGES = {"crawl": run_crawl, "dedup": run_dedup, "distill": run_distill}
