@@ -20,8 +20,3 @@ def test_info_on_a_missing_pool_is_one_line(tmp_path):
     assert run.returncode == 2
     assert run.stderr == f"kd3 pool: error: {tmp_path / 'none'}: no such pool directory\n"
 
-
-def test_demo_says_plainly_that_it_is_not_built_yet():
-    run = _kd3("demo")
-    assert run.returncode != 0
-    assert "not built yet" in run.stderr

@@ -19,9 +19,23 @@ from pool.errors import PoolError
 from workers.config import ConfigError
 from workers.jobs_cli import register as register_jobs
 
+
 # Each stage's `register(subparsers)`; stage CLI modules import heavy libraries (torch, faiss,
 # scrapy) inside their command functions so that `kd3 --help` stays fast.
-STAGE_CLIS = [register_pool, register_crawler, register_dedup, register_distill, register_jobs]
+def _teacher_features(path: str):
+    """`kd3 dedup --teacher CKPT`: the teacher's pooled features (dedup never imports distill)."""
+    from distill.features import load_feature_extractor
+
+    return load_feature_extractor(path)
+
+
+STAGE_CLIS = [
+    register_pool,
+    register_crawler,
+    lambda sub: register_dedup(sub, teacher_loader=_teacher_features),
+    register_distill,
+    register_jobs,
+]
 
 # Exceptions that mean "the user's input is wrong": printed as one line, exit status 2.
 USER_ERRORS: tuple[type[Exception], ...] = (

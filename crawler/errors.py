@@ -1,0 +1,5 @@
+"""The crawler's user-facing error (kept free of heavy imports for the `kd3` command line)."""
+
+
+class CrawlError(Exception):
+    """The crawl cannot start as asked (bad source, no Redis, ...); one line for the user."""

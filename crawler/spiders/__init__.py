@@ -1,0 +1,1 @@
+"""One spider per image source; `scrapy list` (run in crawler/) shows them."""

@@ -1,0 +1,76 @@
+"""Pipeline configs: clear one-line errors for bad files, relative paths resolved."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workers.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_example_configs_are_valid():
+    config = load_config(ROOT / "configs" / "pipeline.yaml")
+    assert config.classes[0].name == "airplane" and config.classes[0].keywords == [
+        "airliner",
+        "jet aircraft",
+    ]
+    assert config.distill.teacher == str((ROOT / "teachers" / "teacher.pt").resolve())
+
+
+def test_names_become_classes_and_paths_resolve_against_the_file(tmp_path):
+    config = load_config(_write(tmp_path, "name: x\nclasses: [cat, dog]\npool: pools/p\n"
+                                          "distill: {teacher: t.pt, eval: artifact:inputs/e.npz}\n"))  # fmt: skip
+    assert [c.name for c in config.classes] == ["cat", "dog"]
+    assert config.pool == str(tmp_path / "pools" / "p")
+    assert config.distill.teacher == str(tmp_path / "t.pt")
+    assert config.distill.eval == "artifact:inputs/e.npz"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\nclasses: [cat]\n", "give either 'crawl' (collect a new pool) or 'pool'"),
+        (
+            "name: x\nclasses: [cat]\npool: p\ncrawl: {per_class: -1}\n",
+            "crawl.per_class: Input should be greater than or equal to 0",
+        ),
+        (
+            "name: x\nclasses: [cat]\npool: p\ndistill: {teacher: t.pt, epoch: 3}\n",
+            "distill.epoch: Extra inputs are not permitted",
+        ),
+        ("name: x\nclasses: [cat, cat]\npool: p\n", "duplicate class names"),
+        ("name: 'a b'\nclasses: [cat]\npool: p\n", "name: String should match pattern"),
+        ("name: x\nclasses: [cat\n", "not valid YAML"),
+        ("- just\n- a list\n", "expected a mapping"),
+    ],
+)
+def test_bad_configs_name_the_file_and_the_field(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}:") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_kd3_run_refuses_a_bad_config_in_one_line(tmp_path):
+    path = _write(
+        tmp_path,
+        "name: x\nclasses: [cat]\npool: p\ndistill: {teacher: t.pt, student: resnet9000}\n",
+    )
+    run = subprocess.run([sys.executable, "-m", "workers.cli", "run", str(path)], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        f"kd3 run: error: {path}: distill.student: unknown architecture 'resnet9000' (kd3 models lists them)"
+    )
