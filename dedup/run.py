@@ -1,0 +1,286 @@
+"""`kd3 dedup`: hash and embed new images, group near-duplicates, decontaminate, mark the manifest.
+
+Idempotent: statuses are recomputed each run for every image that is not `invalid`, from hashes
+and features cached by sha256 (dedup/cache.py), so a re-run decodes only images it has not seen.
+The manifest is changed once, at the end, through `pool.update` (atomic replace under the lock);
+rows added by a crawl while dedup runs are left as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from dedup import binary_index, decontaminate, embeddings, grouping
+from dedup.cache import EmbeddingCache, HashCache
+from dedup.errors import DedupError
+from dedup.evalset import load_eval_set
+from dedup.hashing import HASH_KINDS, hamming, image_hashes, to_codes
+from pool import manifest
+from pool.images import decode_rgb, resize_center_crop
+from pool.store import Pool
+
+DEFAULT_RADIUS = 4  # inclusive Hamming radius (pHash distances are even: 4 and 5 act alike)
+DEFAULT_SIM = 0.97  # cosine similarity, inclusive
+BATCH = 2048
+FIELDS = {f.name: f for f in manifest.CORE_FIELDS + manifest.OPTIONAL_FIELDS}
+
+
+@dataclass
+class DedupResult:
+    pool: Pool
+    hashed: int = 0  # images decoded this run
+    invalid: list[str] = field(default_factory=list)  # "sha256: reason" for undecodable files
+    statuses: dict[str, str] = field(default_factory=dict)  # sha256 -> status
+    groups: list[list[str]] = field(default_factory=list)  # [representative, *duplicates]
+    overlaps: dict[str, str] = field(default_factory=dict)  # pool sha256 -> evaluation item id
+    eval_loader: object = None  # EvalSet, for the contact sheet
+    settings: dict = field(default_factory=dict)
+
+
+def model_key_for_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"teacher-{digest.hexdigest()[:16]}"
+
+
+def dedup_pool(
+    pool_dir: str | os.PathLike,
+    eval_set: str | os.PathLike | None = None,
+    extractor: embeddings.FeatureExtractor | None = None,
+    model_key: str | None = None,
+    radius: int = DEFAULT_RADIUS,
+    sim: float = DEFAULT_SIM,
+    hash_kind: str = "phash",
+    method: str = "auto",
+    eval_crops: bool = True,
+    progress: bool = False,
+) -> DedupResult:
+    """Run the whole stage on one pool. `extractor` None means hashes only."""
+    if hash_kind not in HASH_KINDS:
+        raise DedupError(f"unknown hash {hash_kind!r}; choose from {', '.join(HASH_KINDS)}")
+    if not 0 <= radius < 64:
+        raise DedupError(f"--radius must be between 0 and 63, got {radius}")
+    if not -1 <= sim <= 1:
+        raise DedupError(f"--sim must be a cosine similarity in [-1, 1], got {sim}")
+    if extractor is not None and not model_key:
+        raise DedupError("an extractor needs a model key to cache its features under")
+    pool = Pool.open(pool_dir)
+    evalset = load_eval_set(eval_set) if eval_set is not None else None
+    table = pool.manifest()
+    scope = table.filter(pc.not_equal(table["status"], "invalid"))
+    shas = scope["sha256"].to_pylist()
+    result = DedupResult(pool=pool, eval_loader=evalset)
+    result.settings = {
+        "hash": hash_kind,
+        "radius": radius,
+        "radius_inclusive": True,
+        "network": model_key if extractor is not None else None,
+        "sim": sim if extractor is not None else None,
+        "eval_set": str(eval_set) if eval_set is not None else None,
+        "eval_crops": eval_crops,
+    }
+
+    hashes, features, failed = _compute(pool, scope, extractor, model_key, progress, result)
+    ok = [i for i, s in enumerate(shas) if s not in failed]
+    shas = [shas[i] for i in ok]
+    info = {c: scope[c].take(ok) for c in ("width", "height", "fetched_at", "bytes")}
+    codes = to_codes([hashes[s][hash_kind] for s in shas])
+    mirrors = to_codes([hashes[s][f"{hash_kind}_mirror"] for s in shas])
+    pixels = [hashes[s]["pixel_sha256"] for s in shas]
+    feats = np.stack([features[s] for s in shas]) if extractor is not None and shas else None
+    if feats is not None:
+        feats = embeddings.normalize(feats)
+
+    overlaps: dict[int, decontaminate.Overlap] = {}
+    if evalset is not None:
+        index = decontaminate.prepare(evalset, hash_kind, extractor, eval_crops, progress)
+        overlaps = decontaminate.find_overlaps(
+            index, shas, pixels, codes, feats, radius, sim, method
+        )
+
+    # Near-duplicate groups among the images that are not evaluation overlaps.
+    rest = np.array([i for i in range(len(shas)) if i not in overlaps], dtype=np.int64)
+    a, b = _edges(rest, codes, mirrors, pixels, feats, radius, sim, method)
+    labels = grouping.components(len(rest), a, b)
+    area = (
+        info["width"].to_numpy(zero_copy_only=False) * info["height"].to_numpy(zero_copy_only=False)
+    ).astype(np.int64)[rest]
+    fetched = pc.cast(info["fetched_at"], pa.int64()).fill_null(0).to_numpy()[rest]
+    rep = rest[grouping.representatives(labels, area, fetched)] if len(rest) else rest
+
+    updates: dict[str, dict] = {s: _kept() for s in shas}
+    groups: dict[int, list[int]] = {}
+    for member, leader in zip(rest.tolist(), rep.tolist(), strict=True):
+        if member != leader:
+            groups.setdefault(leader, []).append(member)
+            updates[shas[member]] = _duplicate_row(
+                member, leader, shas, codes, mirrors, pixels, feats, radius, sim
+            )
+    for row, ov in overlaps.items():
+        updates[shas[row]] = {
+            **_kept(),
+            "status": "test_overlap",
+            "eval_match": evalset.ids[ov.eval_item],
+            "eval_hamming": ov.hamming,
+            "eval_similarity": ov.similarity,
+            "status_reason": ov.reason,
+        }
+        result.overlaps[shas[row]] = evalset.ids[ov.eval_item]
+    for sha, reason in failed.items():
+        updates[sha] = {**_kept(), "status": "invalid", "status_reason": reason}
+        result.invalid.append(f"{sha}: {reason}")
+    for sha in shas:  # the manifest's phash column holds pHash whatever --hash says
+        updates[sha]["phash"] = hashes[sha]["phash"]
+    result.groups = [[shas[k], *(shas[m] for m in v)] for k, v in groups.items()]
+    result.statuses = {s: u["status"] for s, u in updates.items()}
+    pool.update(lambda t: _apply(t, updates))
+    return result
+
+
+def _kept() -> dict:
+    return {
+        "status": "kept",
+        "duplicate_of": None,
+        "dup_hamming": None,
+        "dup_similarity": None,
+        "eval_match": None,
+        "eval_hamming": None,
+        "eval_similarity": None,
+        "status_reason": None,
+    }
+
+
+def _duplicate_row(member, leader, shas, codes, mirrors, pixels, feats, radius, sim) -> dict:
+    ham = int(
+        min(
+            hamming(codes[member : member + 1], codes[leader : leader + 1])[0],
+            hamming(mirrors[member : member + 1], codes[leader : leader + 1])[0],
+        )
+    )
+    similarity = float(feats[member] @ feats[leader]) if feats is not None else None
+    if pixels[member] == pixels[leader]:
+        reason = "exact-pixels"
+    elif ham <= radius:
+        reason = "hash"
+    elif similarity is not None and similarity >= sim:
+        reason = "embedding"
+    else:
+        reason = "chain"  # linked to the representative through other group members
+    return {
+        **_kept(),
+        "status": "duplicate",
+        "duplicate_of": shas[leader],
+        "dup_hamming": ham,
+        "dup_similarity": similarity,
+        "status_reason": reason,
+    }
+
+
+def _edges(rest, codes, mirrors, pixels, feats, radius, sim, method):
+    """Match-graph edges (positions in `rest`): same pixels, hash within radius, similar features."""
+    if len(rest) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    found = binary_index.near_pairs(codes[rest], mirrors[rest], radius, method)
+    a, b = [found.query], [found.db]
+    first_with: dict[str, int] = {}
+    same = [(first_with.setdefault(pixels[r], k), k) for k, r in enumerate(rest.tolist())]
+    same = np.array([p for p in same if p[0] != p[1]], dtype=np.int64).reshape(-1, 2)
+    a.append(same[:, 0])
+    b.append(same[:, 1])
+    if feats is not None:
+        close = embeddings.similar(feats[rest], feats[rest], sim)
+        keep = close.query != close.db
+        a.append(close.query[keep])
+        b.append(close.db[keep])
+    return np.concatenate(a), np.concatenate(b)
+
+
+def _compute(pool, scope, extractor, model_key, progress, result):
+    """Hashes (and features) of every in-scope image, decoding only those not cached yet."""
+    hash_cache = HashCache(pool.root)
+    hashes = hash_cache.load()
+    emb_cache = EmbeddingCache(pool.root, model_key) if extractor is not None else None
+    features = emb_cache.load() if emb_cache is not None else {}
+    size = getattr(extractor, "input_size", 32)
+    todo = [
+        (s, p)
+        for s, p in zip(scope["sha256"].to_pylist(), scope["path"].to_pylist(), strict=True)
+        if s not in hashes or (extractor is not None and s not in features)
+    ]
+    failed: dict[str, str] = {}
+
+    def work(item):
+        sha, path = item
+        try:
+            img = decode_rgb(pool.read_bytes(path))
+            img.load()
+        except Exception as exc:
+            return sha, None, None, f"undecodable: {type(exc).__name__}: {exc}"[:200]
+        hashed = hashes.get(sha) or image_hashes(img)
+        thumb = np.asarray(resize_center_crop(img, size)) if extractor is not None else None
+        return sha, hashed, thumb, None
+
+    bar = tqdm(total=len(todo), disable=not progress, desc="hash + embed")
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
+        for start in range(0, len(todo), BATCH):
+            new_hashes, thumbs = {}, {}
+            for sha, hashed, thumb, error in ex.map(work, todo[start : start + BATCH]):
+                if error:
+                    failed[sha] = error
+                    continue
+                if sha not in hashes:
+                    new_hashes[sha] = hashed
+                if thumb is not None and sha not in features:
+                    thumbs[sha] = thumb
+            new_features = {}
+            if thumbs:
+                out = np.asarray(extractor(np.stack(list(thumbs.values()))), dtype=np.float32)
+                if out.ndim != 2 or len(out) != len(thumbs):
+                    raise DedupError(
+                        f"feature extractor returned shape {out.shape} for {len(thumbs)} images; "
+                        "expected (N, D)"
+                    )
+                new_features = dict(zip(thumbs, out, strict=True))
+            hash_cache.append(new_hashes)
+            if emb_cache is not None:
+                emb_cache.append(new_features)
+            hashes.update(new_hashes)
+            features.update(new_features)
+            result.hashed += len(new_hashes)
+            bar.update(min(BATCH, len(todo) - start))
+    bar.close()
+    return hashes, features, failed
+
+
+def _apply(table: pa.Table, updates: dict[str, dict]) -> pa.Table:
+    """Write `updates` (by sha256) into the manifest; rows not in it keep their values."""
+    if not updates:
+        return table
+    keys = pa.array(list(updates), pa.string())
+    pos = pc.index_in(table["sha256"], value_set=keys)
+    hit = pc.is_valid(pos)
+    for name in next(iter(updates.values())):
+        typ = FIELDS[name].type
+        values = pa.array([u.get(name) for u in updates.values()], type=typ)
+        new = pc.if_else(hit, values.take(pos.fill_null(0)), _column(table, name, typ))
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), FIELDS[name], new)
+        else:
+            table = table.append_column(FIELDS[name], new)
+    return table
+
+
+def _column(table: pa.Table, name: str, typ) -> pa.ChunkedArray | pa.Array:
+    if name in table.column_names:
+        return table[name]
+    return pa.nulls(table.num_rows, typ)
