@@ -14,6 +14,8 @@ from pathlib import Path
 
 import fsspec
 
+PREFIX = "artifact:"  # a job spec's reference to a key in the store, e.g. artifact:pools/pets
+
 
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
@@ -41,8 +43,7 @@ class ArtifactStore:
     def put_teacher(self, local: str | os.PathLike) -> str:
         """Upload a checkpoint under its content hash, so a job never depends on the
         submitter's disk and the same file is stored once."""
-        digest = hashlib.sha256(Path(local).read_bytes()).hexdigest()
-        key = f"teachers/{digest}{Path(local).suffix or '.pt'}"
+        key = f"teachers/{_file_sha256(Path(local))}{Path(local).suffix or '.pt'}"
         if not self.exists(key):
             self.put_file(local, key)
         return key
@@ -52,6 +53,29 @@ class ArtifactStore:
             return key
         self.fs.put(str(local).rstrip("/") + "/", self.url(key), recursive=True)
         return key
+
+    def upload_input(self, ref: str | None) -> str | None:
+        """A local input (file or pool directory) put into the store, as an `artifact:` ref, so
+        no job depends on the submitter's disk. Refs and None pass through."""
+        if ref is None or ref.startswith(PREFIX):
+            return ref
+        path = Path(ref)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or directory")
+        if path.is_dir():
+            digest = hashlib.sha256((path / "manifest.parquet").read_bytes()).hexdigest()[:12]
+            key = f"pools/{path.name}-{digest}"
+            if not self.exists(key):
+                self.put_dir(path, key)
+        else:
+            key = f"inputs/{_file_sha256(path)}{path.suffix}"
+            if not self.exists(key):
+                self.put_file(path, key)
+        return PREFIX + key
+
+    def resolve(self, ref: str) -> Path:
+        """A spec input as a local path: an `artifact:` ref is fetched, anything else is a path."""
+        return self.local_path(ref[len(PREFIX) :]) if ref.startswith(PREFIX) else Path(ref)
 
     def local_path(self, key: str) -> Path:
         """A local path holding the artifact: the file itself when the store is local, else a
@@ -95,3 +119,11 @@ class ArtifactStore:
             shutil.rmtree(self.url(key), ignore_errors=True)
         elif self.exists(key):
             self.fs.rm(self.url(key), recursive=True)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,6 +18,7 @@ from pool.cli import register as register_pool
 from pool.errors import PoolError
 from workers.config import ConfigError
 from workers.jobs_cli import register as register_jobs
+from workers.submit_cli import register as register_submit
 
 
 # Each stage's `register(subparsers)`; stage CLI modules import heavy libraries (torch, faiss,
@@ -34,6 +35,7 @@ STAGE_CLIS = [
     register_crawler,
     lambda sub: register_dedup(sub, teacher_loader=_teacher_features),
     register_distill,
+    register_submit,
     register_jobs,
 ]
 

@@ -44,9 +44,10 @@ class CrawlSpec(_Strict):
 
 class DedupSpec(_Strict):
     eval: str | None = None  # evaluation set to decontaminate against (pool, folder or npz)
-    radius: int | None = Field(None, ge=0, le=64)
+    radius: int | None = Field(None, ge=0, le=63)
     similarity: float | None = Field(None, gt=0, le=1)
-    use_teacher: bool = True  # embed with the distill teacher when there is one
+    teacher: str | None = None  # embed with this checkpoint's features...
+    use_teacher: bool = True  # ...or else with the distill teacher, when there is one
 
 
 class DistillSpec(_Strict):
@@ -69,7 +70,7 @@ class DistillSpec(_Strict):
 
 class PipelineConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
-    classes: list[ClassSpec] = Field(min_length=1)
+    classes: list[ClassSpec] = []  # needed to crawl; a pool or teacher knows its own
     pool: str | None = None  # an existing pool instead of a crawl
     crawl: CrawlSpec | None = None
     dedup: DedupSpec | None = None
@@ -88,6 +89,10 @@ class PipelineConfig(_Strict):
             raise ValueError(
                 "give either 'crawl' (collect a new pool) or 'pool' (use one), not both"
             )
+        if self.crawl is not None and not self.classes:
+            raise ValueError("a crawl needs 'classes'")
+        if not (self.crawl or self.dedup or self.distill):
+            raise ValueError("nothing to do: give at least one of 'crawl', 'dedup', 'distill'")
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate class names in {names}")
@@ -103,7 +108,9 @@ class PipelineConfig(_Strict):
 
         update = {"pool": fix(self.pool)}
         if self.dedup:
-            update["dedup"] = self.dedup.model_copy(update={"eval": fix(self.dedup.eval)})
+            update["dedup"] = self.dedup.model_copy(
+                update={"eval": fix(self.dedup.eval), "teacher": fix(self.dedup.teacher)}
+            )
         if self.distill:
             update["distill"] = self.distill.model_copy(
                 update={"teacher": fix(self.distill.teacher), "eval": fix(self.distill.eval)}
@@ -125,12 +132,43 @@ def load_config(path: str | Path) -> PipelineConfig:
         ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return validate_config(raw, str(path)).resolve_paths(path.parent)
+
+
+def validate_config(raw: dict, where: str) -> PipelineConfig:
+    """A PipelineConfig from plain data; every problem on one line, prefixed by `where`."""
     try:
-        config = PipelineConfig.model_validate(raw)
+        return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise ConfigError(f"{path}: {problems}") from None
-    return config.resolve_paths(path.parent)
+        raise ConfigError(f"{where}: {problems}") from None
+
+
+def check_stages(config: PipelineConfig, where: str) -> PipelineConfig:
+    """Check settings only the stages know (architectures, sources, training options) before
+    anything is queued, so a typo fails now rather than hours later on a worker."""
+    from crawler.run import SOURCES
+    from distill.errors import DistillError
+    from distill.models import model_names
+    from distill.trainer import TrainConfig
+
+    if config.crawl is not None:
+        unknown = sorted(set(config.crawl.sources) - set(SOURCES))
+        if unknown or not config.crawl.sources:
+            raise ConfigError(
+                f"{where}: crawl.sources: unknown {unknown}; choose from {', '.join(SOURCES)}"
+            )
+    if config.distill is not None:
+        if config.distill.student not in model_names():
+            raise ConfigError(f"{where}: distill.student: unknown architecture "
+                              f"'{config.distill.student}' (kd3 models lists them)")  # fmt: skip
+        try:
+            TrainConfig(**config.distill.train())
+        except TypeError as exc:
+            raise ConfigError(f"{where}: distill.options: {exc}") from None
+        except DistillError as exc:
+            raise ConfigError(f"{where}: distill: {exc}") from None
+    return config

@@ -1,4 +1,4 @@
-"""`kd3 submit|status|watch|cancel|jobs|artifacts`: jobs on the Celery workers, through Redis."""
+"""`kd3 status|watch|cancel|jobs|artifacts`: jobs on the Celery workers, through Redis."""
 
 from __future__ import annotations
 
@@ -14,35 +14,6 @@ from workers.settings import Settings
 
 
 def register(subparsers) -> None:
-    submit = subparsers.add_parser("submit", help="queue a job on the workers; prints its id")
-    kinds = submit.add_subparsers(dest="kind", required=True)
-    dist = kinds.add_parser("distill", help="distil a teacher checkpoint on a pool (gpu queue)")
-    dist.add_argument("--teacher", required=True, help="checkpoint file (uploaded to the store)")
-    dist.add_argument("--teacher-arch", help="architecture, for a bare state_dict")
-    dist.add_argument("--pool", required=True, help="pool directory or .npz, or artifact:KEY")
-    dist.add_argument("--eval", help="evaluation pool or .npz, or artifact:KEY")
-    dist.add_argument("--student", default="resnet8")
-    dist.add_argument("--method", default="kd3")
-    dist.add_argument("--epochs", type=int, default=20)
-    dist.add_argument("--batch-size", type=int, default=256)
-    dist.add_argument("--lr", type=float, default=0.05)
-    dist.add_argument("--seed", type=int, default=0)
-    dist.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE",
-        help="any other training setting (see kd3 distill --help), value as JSON or text",
-    )  # fmt: skip
-    dist.set_defaults(func=cmd_submit_distill)
-    pipe = kinds.add_parser("pipeline", help="crawl -> dedup -> distill from a config file")
-    pipe.add_argument("config", metavar="CONFIG", help="pipeline YAML (see configs/)")
-    pipe.add_argument("--wait", action="store_true", help="follow it until it ends")
-    pipe.set_defaults(func=cmd_submit_pipeline)
-    _add_connection(submit)
-
-    run = subparsers.add_parser("run", help="run a pipeline config in this process (no broker)")
-    run.add_argument("config", metavar="CONFIG", help="pipeline YAML (see configs/)")
-    _add_connection(run)
-    run.set_defaults(func=cmd_run)
-
     for name, helptext in [("status", "a job's record"), ("watch", "follow a job live"),
                            ("cancel", "stop a job (at its next step)"),
                            ("artifacts", "a job's outputs")]:  # fmt: skip
@@ -78,80 +49,6 @@ def _get(store: JobStore, job_id: str) -> Job:
         return store.get(job_id)
     except JobNotFound as exc:
         raise SystemExit(f"kd3: {exc}") from None
-
-
-def _parse_option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise SystemExit(f"kd3 submit: --option {text!r} is not KEY=VALUE")
-    try:
-        return key.replace("-", "_"), json.loads(value)
-    except json.JSONDecodeError:
-        return key.replace("-", "_"), value
-
-
-def cmd_submit_distill(args) -> int:
-    from distill.trainer import TrainConfig  # validates the settings before anything is queued
-    from workers.submit import submit_distill
-
-    train = {"method": args.method, "student": args.student, "epochs": args.epochs,
-             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-             **dict(_parse_option(o) for o in args.option)}  # fmt: skip
-    try:
-        TrainConfig(**train)
-    except TypeError as exc:
-        raise SystemExit(f"kd3 submit distill: {exc}") from None
-    job = submit_distill(
-        _settings(args), teacher=args.teacher, teacher_arch=args.teacher_arch, pool=args.pool,
-        eval_set=args.eval, train=train,
-    )  # fmt: skip
-    print(job.id)
-    return 0
-
-
-def _load_checked(path: str):
-    """Load a pipeline config and check each stage's settings before anything is queued."""
-    from distill.models import model_names
-    from distill.trainer import TrainConfig
-    from workers.config import ConfigError, load_config
-
-    config = load_config(path)
-    if config.distill is not None:
-        if config.distill.student not in model_names():
-            raise ConfigError(f"{path}: distill.student: unknown architecture "
-                              f"'{config.distill.student}' (kd3 models lists them)")  # fmt: skip
-        try:
-            TrainConfig(**config.distill.train())
-        except TypeError as exc:
-            raise ConfigError(f"{path}: distill.options: {exc}") from None
-    return config
-
-
-def cmd_submit_pipeline(args) -> int:
-    from workers.artifacts import ArtifactStore
-    from workers.pipeline import create_pipeline
-    from workers.submit import enqueue
-
-    config = _load_checked(args.config)
-    settings = _settings(args)
-    store = JobStore(redis.Redis.from_url(settings.redis_url))
-    job = create_pipeline(store, ArtifactStore(settings.artifacts), config,
-                          lambda child: enqueue(settings, child))  # fmt: skip
-    print(job.id)
-    if args.wait:
-        args.job = job.id
-        return cmd_watch(args)
-    return 0
-
-
-def cmd_run(args) -> int:
-    from workers.run_local import run_pipeline
-
-    config = _load_checked(args.config)
-    settings = _settings(args)
-    parent, children = run_pipeline(config, settings.artifacts, args.redis)
-    print(format_summary(parent, children, settings.artifacts))
-    return 0 if parent.status == "succeeded" else 1
 
 
 def format_summary(parent: Job, children: list[Job], artifacts_root: str) -> str:

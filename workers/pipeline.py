@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workers.artifacts import ArtifactStore
+from workers.artifacts import PREFIX, ArtifactStore
 from workers.config import PipelineConfig
 from workers.jobs import Job, JobStore
-from workers.stages import ARTIFACT_PREFIX
-from workers.submit import upload_input
 
 
 def plan(config: PipelineConfig, artifacts: ArtifactStore) -> list[tuple[str, dict]]:
@@ -26,24 +24,26 @@ def plan(config: PipelineConfig, artifacts: ArtifactStore) -> list[tuple[str, di
             "pool_key": pool_key,
             **config.crawl.model_dump(),
         }))  # fmt: skip
-        pool_ref = ARTIFACT_PREFIX + pool_key
+        pool_ref = PREFIX + pool_key
     else:
-        pool_ref = upload_input(artifacts, config.pool)
+        pool_ref = artifacts.upload_input(config.pool)
     teacher_ref = None
     if config.distill is not None:
-        teacher_ref = ARTIFACT_PREFIX + artifacts.put_teacher(config.distill.teacher)
+        teacher_ref = PREFIX + artifacts.put_teacher(config.distill.teacher)
     if config.dedup is not None:
         d = config.dedup
+        embed_with = teacher_ref if d.use_teacher else None
+        if d.teacher:
+            embed_with = PREFIX + artifacts.put_teacher(d.teacher)
         stages.append(("dedup", {
-            "pool": pool_ref, "eval": upload_input(artifacts, d.eval), "radius": d.radius,
-            "similarity": d.similarity, "teacher": teacher_ref if d.use_teacher else None,
-            "teacher_arch": config.distill.teacher_arch if config.distill else None,
+            "pool": pool_ref, "eval": artifacts.upload_input(d.eval), "radius": d.radius,
+            "similarity": d.similarity, "teacher": embed_with,
         }))  # fmt: skip
     if config.distill is not None:
         d = config.distill
         stages.append(("distill", {
             "teacher": teacher_ref, "teacher_arch": d.teacher_arch, "pool": pool_ref,
-            "eval": upload_input(artifacts, d.eval), "train": d.train(), "device": d.device,
+            "eval": artifacts.upload_input(d.eval), "train": d.train(), "device": d.device,
         }))  # fmt: skip
     return stages
 
@@ -54,8 +54,14 @@ def create_pipeline(
     config: PipelineConfig,
     enqueue: Callable[[Job], None],
 ) -> Job:
-    """Create the parent and child records (last child first, to link `next`); queue the first."""
+    """Create the parent and child records (last child first, to link `next`); queue the first.
+    A config with one stage makes one job, without a parent."""
     stages = plan(config, artifacts)
+    if len(stages) == 1:
+        kind, spec = stages[0]
+        job = store.create(kind, spec)
+        enqueue(job)
+        return job
     parent = store.create("pipeline", {"config": config.model_dump(mode="json")})
     next_id, children = "", []
     for kind, spec in reversed(stages):

@@ -14,16 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+from workers.artifacts import PREFIX
 from workers.runtime import JobContext, JobStopped, StageResult
-
-ARTIFACT_PREFIX = "artifact:"
 
 
 def resolve(ctx: JobContext, ref: str) -> Path:
     """A spec input as a local path (downloaded from the artifact store when needed)."""
-    if ref.startswith(ARTIFACT_PREFIX):
-        return ctx.artifacts.local_path(ref[len(ARTIFACT_PREFIX) :])
-    return Path(ref)
+    return ctx.artifacts.resolve(ref)
 
 
 def _limit_threads() -> None:
@@ -156,9 +153,9 @@ def run_dedup(spec: dict, ctx: JobContext) -> StageResult:
 
     _limit_threads()
     pool_ref = spec["pool"]
-    if not pool_ref.startswith(ARTIFACT_PREFIX):
+    if not pool_ref.startswith(PREFIX):
         raise ValueError(f"dedup works on a pool in the artifact store, got {pool_ref}")
-    pool_key = pool_ref[len(ARTIFACT_PREFIX) :]
+    pool_key = pool_ref[len(PREFIX) :]
     pool_dir = ctx.artifacts.work_dir(pool_key)
     if spec.get("teacher"):
         from distill.features import load_feature_extractor
