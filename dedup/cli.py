@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 DEFAULT_RADIUS = 4  # kept equal to dedup.run.DEFAULT_RADIUS (not imported: keeps --help fast)
 DEFAULT_SIM = 0.97
+DEFAULT_VERIFY_SIM = 0.97  # kept equal to dedup.decontaminate.VERIFY_SIM
 
 
 def register(subparsers, teacher_loader: Callable[[str], object] | None = None) -> None:
@@ -31,6 +32,12 @@ def register(subparsers, teacher_loader: Callable[[str], object] | None = None) 
     )
     parser.add_argument(
         "--sim", type=float, default=DEFAULT_SIM, help="cosine similarity, inclusive (>= S)"
+    )
+    parser.add_argument(
+        "--verify-sim",
+        type=float,
+        default=DEFAULT_VERIFY_SIM,
+        help="evaluation overlaps: alignment score a candidate needs (inclusive, >= V)",
     )
     parser.add_argument("--hash", default="phash", choices=["phash", "dhash"])
     parser.add_argument(
@@ -72,6 +79,7 @@ def cmd_dedup(args: argparse.Namespace, teacher_loader=None) -> int:
         hash_kind=args.hash,
         method=args.index,
         eval_crops=not args.no_eval_crops,
+        verify_sim=args.verify_sim,
         progress=sys.stderr.isatty(),
     )
     print(format_report(write_report(result)))

@@ -1,21 +1,25 @@
 """Evaluation-set decontamination: which pool images match an evaluation image.
 
-The evaluation side is the small one, so it is augmented: each evaluation image is indexed as
-itself and as crops (removing 7% and 12% of each side, at the corners and centre), each also
-mirrored. A pool image matches when it has the same bytes or pixels as an evaluation image, or
-when its hash is within the radius (inclusive) of any of those codes, or its features reach the
-similarity threshold against any of those features.
+Two stages. Candidates: the evaluation side is the small one, so it is augmented: each evaluation
+image is indexed as itself and as crops (removing 7% and 12% of each side, at the corners and
+centre), each also mirrored; a pool image is a candidate for an evaluation item when its hash is
+within CANDIDATE_RADIUS (inclusive) of one of the item's codes or its features reach
+`candidate_sim` against one of its features. Verification (dedup/verify.py): a candidate pair is
+a match when the pool image lines up with a crop window of the evaluation image, with an
+alignment score >= `verify_sim`, or >= `verify_sim_hash` when the hash is also within `radius`
+(two independent pieces of evidence). Same bytes or same pixels always match.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from dedup import binary_index, embeddings
+from dedup import binary_index, embeddings, verify
 from dedup.evalset import EvalSet
 from dedup.hashing import HASH_KINDS, pixel_digest, to_codes
 from pool.images import resize_center_crop
@@ -25,6 +29,13 @@ CROPS = [
     for frac in (0.07, 0.12)
     for fx, fy in ((0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5))
 ]
+# Candidate and verification thresholds, chosen on the tuning split (even CIFAR-10 test indices,
+# even web-pool indices) of bench/dedup_quality.py; its report split is disjoint.
+CANDIDATE_RADIUS = 8
+CANDIDATE_SIM = 0.85
+VERIFY_SIM = 0.97
+VERIFY_SIM_HASH = 0.93
+PAIR_CHUNK = 50_000
 
 
 def variants(img: Image.Image, crops: bool = True) -> list[Image.Image]:
@@ -47,8 +58,9 @@ class EvalIndex:
     byte_sha: dict[str, int]
     pixel_sha: dict[str, int]
     codes: np.ndarray  # (M * V, 8) uint8
-    features: np.ndarray | None  # (M * V, D) float32
+    features: np.ndarray | None  # (M * V, D) float32, raw extractor output (not normalised)
     per_item: int  # V: variants per item; rows of item i are i*V .. (i+1)*V-1
+    thumbs: np.ndarray  # (M, 32, 32, 3) uint8 thumbnails for verification
 
 
 def prepare(
@@ -61,31 +73,46 @@ def prepare(
     hash_fn = HASH_KINDS[hash_kind]
     size = getattr(extractor, "input_size", 32)
     byte_sha = {s: i for i, s in enumerate(evalset.byte_sha256) if s}
-    pixel_sha, hexes, thumbs, feats = {}, [], [], []
+    pixel_sha, hexes, thumbs, feats, own = {}, [], [], [], []
     per_item = 0
     for i in tqdm(range(len(evalset)), disable=not progress, desc="evaluation set"):
         img = evalset.load(i)
         pixel_sha.setdefault(pixel_digest(img), i)
+        own.append(np.asarray(resize_center_crop(img, verify.SIZE)))
         vs = variants(img, crops)
         per_item = len(vs)
         hexes.extend(str(hash_fn(v)) for v in vs)
         if extractor is not None:
             thumbs.extend(np.asarray(resize_center_crop(v, size)) for v in vs)
             if len(thumbs) >= 4096:
-                feats.append(extractor(np.stack(thumbs)))
+                feats.append(np.asarray(extractor(np.stack(thumbs)), np.float32))
                 thumbs = []
     if extractor is not None and thumbs:
-        feats.append(extractor(np.stack(thumbs)))
-    features = embeddings.normalize(np.concatenate(feats)) if feats else None
-    return EvalIndex(evalset, byte_sha, pixel_sha, to_codes(hexes), features, per_item)
+        feats.append(np.asarray(extractor(np.stack(thumbs)), np.float32))
+    features = np.concatenate(feats) if feats else None
+    return EvalIndex(
+        evalset, byte_sha, pixel_sha, to_codes(hexes), features, per_item, np.stack(own)
+    )
 
 
 @dataclass
 class Overlap:
     eval_item: int
-    reason: str  # exact-bytes, exact-pixels, hash or embedding
-    hamming: int
-    similarity: float | None
+    reason: str  # exact-bytes, exact-pixels, or aligned (a verified candidate)
+    hamming: int  # smallest Hamming distance to the item's variants
+    similarity: float | None  # largest cosine similarity to the item's variants
+    alignment: float | None  # verification score (dedup/verify.py)
+
+
+@dataclass
+class Candidates:
+    """Every verified candidate pair (parallel arrays), accepted or not: for tuning and reports."""
+
+    row: np.ndarray
+    item: np.ndarray
+    hamming: np.ndarray
+    similarity: np.ndarray | None
+    alignment: np.ndarray
 
 
 def find_overlaps(
@@ -94,46 +121,72 @@ def find_overlaps(
     pixel_sha: list[str],
     codes: np.ndarray,
     features: np.ndarray | None,
+    load_thumbs: Callable[[np.ndarray], np.ndarray],
     radius: int,
-    sim: float,
+    candidate_sim: float = CANDIDATE_SIM,
+    verify_sim: float = VERIFY_SIM,
+    verify_sim_hash: float = VERIFY_SIM_HASH,
     method: str = "auto",
-) -> dict[int, Overlap]:
-    """{pool row: Overlap} for every pool image that matches an evaluation item."""
-    matched: dict[int, tuple[int, str]] = {}
+) -> tuple[dict[int, Overlap], Candidates]:
+    """{pool row: Overlap} for every pool image that matches an evaluation item, and the
+    candidates that were checked. `features` (pool) and `index.features` must be normalised
+    the same way; `load_thumbs(rows)` returns the pool rows' 32x32 uint8 thumbnails."""
+    rows, items = _candidate_pairs(index, codes, features, candidate_sim, method)
+    ham, sim = _pair_scores(index, codes, features, rows, items)
+    need = np.unique(rows)
+    local = np.searchsorted(need, rows)
+    align = verify.alignment(load_thumbs(need), index.thumbs, local, items)
+    accept = (align >= verify_sim) | ((ham <= radius) & (align >= verify_sim_hash))
+    out: dict[int, Overlap] = {}
+    order = np.argsort(-align, kind="stable")
+    for k in order[accept[order]]:
+        row = int(rows[k])
+        if row not in out:  # the best-aligned accepted item
+            similarity = float(sim[k]) if sim is not None else None
+            out[row] = Overlap(int(items[k]), "aligned", int(ham[k]), similarity, float(align[k]))
+    for row, (pixels, data) in enumerate(zip(pixel_sha, byte_sha, strict=True)):
+        item, reason = index.byte_sha.get(data), "exact-bytes"
+        if item is None:
+            item, reason = index.pixel_sha.get(pixels), "exact-pixels"
+        if item is not None:
+            h, s = _pair_scores(index, codes, features, np.array([row]), np.array([item]))
+            out[row] = Overlap(item, reason, int(h[0]), None if s is None else float(s[0]), None)
+    return out, Candidates(rows, items, ham, sim, align)
+
+
+def _candidate_pairs(index, codes, features, candidate_sim, method):
+    """Unique (pool row, evaluation item) pairs from the loose hash radius and similarity."""
+    rows, items = [], []
     if features is not None and index.features is not None:
-        found = embeddings.similar(index.features, features, sim)
-        for row, item in _best(found.query, found.db // index.per_item, -found.sim).items():
-            matched[row] = (item, "embedding")
+        found = embeddings.similar(index.features, features, candidate_sim)
+        rows.append(found.query)
+        items.append(found.db // index.per_item)
     if len(codes):
         bindex = binary_index.build_index(
             index.codes,
-            binary_index.choose_method(len(index.codes), len(codes), radius, method),
-            radius,
+            binary_index.choose_method(len(index.codes), len(codes), CANDIDATE_RADIUS, method),
+            CANDIDATE_RADIUS,
         )
-        found = binary_index.range_search(bindex, codes, radius)
-        for row, item in _best(found.query, found.db // index.per_item, found.dist).items():
-            matched[row] = (item, "hash")
-    for row, (pixels, data) in enumerate(zip(pixel_sha, byte_sha, strict=True)):
-        if pixels in index.pixel_sha:
-            matched[row] = (index.pixel_sha[pixels], "exact-pixels")
-        if data in index.byte_sha:
-            matched[row] = (index.byte_sha[data], "exact-bytes")
-    out = {}
-    for row, (item, reason) in matched.items():
-        rows = slice(item * index.per_item, (item + 1) * index.per_item)
-        ham = np.bitwise_count(codes[row] ^ index.codes[rows]).sum(axis=1).min()
-        similarity = None
-        if features is not None and index.features is not None:
-            f = embeddings.normalize(features[row : row + 1])
-            similarity = float((index.features[rows] @ f[0]).max())
-        out[row] = Overlap(item, reason, int(ham), similarity)
-    return out
+        found = binary_index.range_search(bindex, codes, CANDIDATE_RADIUS)
+        rows.append(found.query)
+        items.append(found.db // index.per_item)
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    pairs = np.unique(np.stack([np.concatenate(rows), np.concatenate(items)], 1), axis=0)
+    return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
 
 
-def _best(rows: np.ndarray, items: np.ndarray, score: np.ndarray) -> dict[int, int]:
-    """For each row, the item with the lowest score."""
-    order = np.lexsort((score, rows))
-    rows, items = rows[order], items[order]
-    first = np.ones(len(rows), bool)
-    first[1:] = rows[1:] != rows[:-1]
-    return dict(zip(rows[first].tolist(), items[first].tolist(), strict=True))
+def _pair_scores(index, codes, features, rows, items):
+    """Smallest Hamming distance and largest similarity of each pool row to its item's variants."""
+    per = index.per_item
+    ham = np.zeros(len(rows), np.int32)
+    sim = None if features is None or index.features is None else np.zeros(len(rows), np.float32)
+    eval_codes = index.codes.reshape(-1, per, 8)
+    for s in range(0, len(rows), PAIR_CHUNK):
+        r, it = rows[s : s + PAIR_CHUNK], items[s : s + PAIR_CHUNK]
+        xor = eval_codes[it] ^ codes[r][:, None]
+        ham[s : s + PAIR_CHUNK] = np.bitwise_count(xor).sum(axis=2).min(axis=1)
+        if sim is not None:
+            f = index.features.reshape(-1, per, index.features.shape[1])[it]
+            sim[s : s + PAIR_CHUNK] = np.einsum("nvd,nd->nv", f, features[r]).max(axis=1)
+    return ham, sim

@@ -10,6 +10,8 @@ Default networks (no pretrained weights can be downloaded, so none is learned):
                 bench/dedup_quality.py): robust to resize, re-encoding and colour jitter,
                 partly to crops, not to rotation.
   thumbnail-16  the same at 16x16: fewer false matches, less tolerant of crops.
+
+dedup.run centres every network's features on the pool's mean before comparing them (`centred`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,17 @@ def normalize(features: np.ndarray) -> np.ndarray:
     features = np.ascontiguousarray(features, dtype=np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return features / np.maximum(norms, 1e-12)
+
+
+def centred(features: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Subtract `mean` (the pool's mean feature), then unit length.
+
+    Pooled post-ReLU features are all non-negative, so raw cosine similarities of unrelated
+    images sit near 1 (a barely trained teacher: median 0.994); after removing the shared mean,
+    cosine similarity measures how two images differ from the typical pool image. The same
+    mean is removed from pool and evaluation features so they stay comparable.
+    """
+    return normalize(np.asarray(features, np.float32) - np.asarray(mean, np.float32))
 
 
 @dataclass

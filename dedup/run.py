@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from dedup import binary_index, decontaminate, embeddings, grouping
+from dedup import binary_index, decontaminate, embeddings, grouping, verify
 from dedup.cache import EmbeddingCache, HashCache
 from dedup.errors import DedupError
 from dedup.evalset import load_eval_set
@@ -30,6 +30,7 @@ from pool.store import Pool
 DEFAULT_RADIUS = 4  # inclusive Hamming radius (pHash distances are even: 4 and 5 act alike)
 DEFAULT_SIM = 0.97  # cosine similarity, inclusive
 BATCH = 2048
+CENTRE_MIN_IMAGES = 64  # smaller pools: features are compared uncentred
 FIELDS = {f.name: f for f in manifest.CORE_FIELDS + manifest.OPTIONAL_FIELDS}
 
 
@@ -42,6 +43,7 @@ class DedupResult:
     groups: list[list[str]] = field(default_factory=list)  # [representative, *duplicates]
     overlaps: dict[str, str] = field(default_factory=dict)  # pool sha256 -> evaluation item id
     eval_loader: object = None  # EvalSet, for the contact sheet
+    candidates: decontaminate.Candidates | None = None  # verified pool/evaluation pairs
     settings: dict = field(default_factory=dict)
 
 
@@ -63,6 +65,7 @@ def dedup_pool(
     hash_kind: str = "phash",
     method: str = "auto",
     eval_crops: bool = True,
+    verify_sim: float = decontaminate.VERIFY_SIM,
     progress: bool = False,
 ) -> DedupResult:
     """Run the whole stage on one pool. `extractor` None means hashes only."""
@@ -70,8 +73,9 @@ def dedup_pool(
         raise DedupError(f"unknown hash {hash_kind!r}; choose from {', '.join(HASH_KINDS)}")
     if not 0 <= radius < 64:
         raise DedupError(f"--radius must be between 0 and 63, got {radius}")
-    if not -1 <= sim <= 1:
-        raise DedupError(f"--sim must be a cosine similarity in [-1, 1], got {sim}")
+    for name, value in (("--sim", sim), ("--verify-sim", verify_sim)):
+        if not -1 <= value <= 1:
+            raise DedupError(f"{name} must be a correlation in [-1, 1], got {value}")
     if extractor is not None and not model_key:
         raise DedupError("an extractor needs a model key to cache its features under")
     pool = Pool.open(pool_dir)
@@ -88,6 +92,11 @@ def dedup_pool(
         "sim": sim if extractor is not None else None,
         "eval_set": str(eval_set) if eval_set is not None else None,
         "eval_crops": eval_crops,
+        "features_centred_on": None,
+        "candidate_radius": decontaminate.CANDIDATE_RADIUS,
+        "candidate_sim": decontaminate.CANDIDATE_SIM if extractor is not None else None,
+        "verify_sim": verify_sim,
+        "verify_sim_with_hash": min(verify_sim, decontaminate.VERIFY_SIM_HASH),
     }
 
     hashes, features, failed = _compute(pool, scope, extractor, model_key, progress, result)
@@ -98,14 +107,33 @@ def dedup_pool(
     mirrors = to_codes([hashes[s][f"{hash_kind}_mirror"] for s in shas])
     pixels = [hashes[s]["pixel_sha256"] for s in shas]
     feats = np.stack([features[s] for s in shas]) if extractor is not None and shas else None
+    mean = None
     if feats is not None:
-        feats = embeddings.normalize(feats)
+        # pooled post-ReLU features all share a direction: remove it (embeddings.centred), once
+        # the pool is large enough for its mean to describe the typical image
+        mean = feats.mean(axis=0) if len(feats) >= CENTRE_MIN_IMAGES else np.zeros(feats.shape[1])
+        feats = embeddings.centred(feats, mean)
+        result.settings["features_centred_on"] = (
+            f"mean of {len(feats)} pool images" if mean.any() else None
+        )
 
     overlaps: dict[int, decontaminate.Overlap] = {}
     if evalset is not None:
         index = decontaminate.prepare(evalset, hash_kind, extractor, eval_crops, progress)
-        overlaps = decontaminate.find_overlaps(
-            index, shas, pixels, codes, feats, radius, sim, method
+        if index.features is not None:
+            index.features = embeddings.centred(index.features, mean) if mean is not None else None
+        paths = scope["path"].take(ok).to_pylist()
+        overlaps, result.candidates = decontaminate.find_overlaps(
+            index,
+            shas,
+            pixels,
+            codes,
+            feats,
+            lambda rows: _thumbnails(pool, [paths[r] for r in rows]),
+            radius,
+            verify_sim=verify_sim,
+            verify_sim_hash=min(verify_sim, decontaminate.VERIFY_SIM_HASH),
+            method=method,
         )
 
     # Near-duplicate groups among the images that are not evaluation overlaps.
@@ -133,7 +161,9 @@ def dedup_pool(
             "eval_match": evalset.ids[ov.eval_item],
             "eval_hamming": ov.hamming,
             "eval_similarity": ov.similarity,
-            "status_reason": ov.reason,
+            "status_reason": ov.reason
+            if ov.alignment is None
+            else f"{ov.reason} {ov.alignment:.4f}",
         }
         result.overlaps[shas[row]] = evalset.ids[ov.eval_item]
     for sha, reason in failed.items():
@@ -260,6 +290,18 @@ def _compute(pool, scope, extractor, model_key, progress, result):
             bar.update(min(BATCH, len(todo) - start))
     bar.close()
     return hashes, features, failed
+
+
+def _thumbnails(pool: Pool, paths: list[str]) -> np.ndarray:
+    """32x32 thumbnails of pool images (decoded again: only verification candidates need them)."""
+
+    def load(path):
+        return np.asarray(resize_center_crop(decode_rgb(pool.read_bytes(path)), verify.SIZE))
+
+    if not paths:
+        return np.zeros((0, verify.SIZE, verify.SIZE, 3), np.uint8)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
+        return np.stack(list(ex.map(load, paths)))
 
 
 def _apply(table: pa.Table, updates: dict[str, dict]) -> pa.Table:

@@ -70,58 +70,42 @@ def draw_shape(
 
 
 def original_style(rng: np.random.Generator, label: int, size: int = 32) -> np.ndarray:
-    """The teacher's domain: a bright filled shape on a dark plain background."""
-    background = tuple(int(v) for v in rng.integers(0, 60, 3))
+    """The teacher's domain: a filled shape on a plain background, clean edges."""
+    background = tuple(int(v) for v in rng.integers(0, 140, 3))
     img = Image.new("RGB", (size, size), background)
-    colour = tuple(int(v) for v in rng.integers(120, 256, 3))
+    colour = tuple(int(v) for v in rng.integers(100, 256, 3))
     r = rng.uniform(0.22, 0.4) * size
     cx, cy = rng.uniform(r, size - r, 2)
-    draw_shape(
-        ImageDraw.Draw(img), CLASSES[label], cx, cy, r, rng.uniform(0, math.pi), colour, None, 1
-    )
+    draw_shape(ImageDraw.Draw(img), CLASSES[label], cx, cy, r, rng.uniform(0, math.pi), colour, None, 1)
     return np.asarray(img)
 
 
 def web_style(rng: np.random.Generator, label: int | None) -> Image.Image:
-    """The web's style: textured light backgrounds, outlines or pastel fills, other sizes.
-    `label` None draws a distractor (scribbles that no teacher class describes)."""
+    """The web's style: larger images, noisy gradient backgrounds, shapes with a dark edge or
+    drawn as thick outlines, other palettes. `label` None draws a distractor (scribbles that no
+    teacher class describes)."""
     size = int(rng.integers(48, 97))
     x = np.linspace(0, 1, size)
-    base = rng.uniform(120, 230, 3)
-    tilt = rng.uniform(-60, 60, 3)
+    base = rng.uniform(30, 200, 3)
+    tilt = rng.uniform(-50, 50, 3)
     gradient = base[None, None, :] + tilt[None, None, :] * x[None, :, None]
-    noise = rng.normal(0, 18, (size, size, 3))
-    img = Image.fromarray(np.clip(gradient + noise, 0, 255).astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(1)
-    )
+    noise = rng.normal(0, 14, (size, size, 3))
+    img = Image.fromarray(np.clip(gradient + noise, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1))
     draw = ImageDraw.Draw(img)
     if label is None:
         for _ in range(int(rng.integers(3, 7))):
             pts = [tuple(float(v) for v in rng.uniform(0, size, 2)) for _ in range(3)]
-            draw.line(
-                pts,
-                fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
-                width=int(rng.integers(1, 4)),
-            )
+            draw.line(pts, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, 4)))
         return img
     r = rng.uniform(0.2, 0.45) * size
     cx, cy = rng.uniform(r, size - r, 2)
-    colour = tuple(int(v) for v in rng.integers(0, 140, 3))
-    if rng.random() < 0.5:  # an outline drawing
-        draw_shape(
-            draw,
-            CLASSES[label],
-            cx,
-            cy,
-            r,
-            rng.uniform(0, math.pi),
-            None,
-            colour,
-            max(2, size // 16),
-        )
-    else:  # a pastel fill with a dark edge
-        pastel = tuple(int(v) for v in rng.integers(150, 256, 3))
-        draw_shape(draw, CLASSES[label], cx, cy, r, rng.uniform(0, math.pi), pastel, colour, 2)
+    edge = tuple(int(v) for v in rng.integers(0, 90, 3))
+    angle = rng.uniform(0, math.pi)
+    if rng.random() < 0.25:  # a thick outline drawing
+        draw_shape(draw, CLASSES[label], cx, cy, r, angle, None, edge, max(3, size // 10))
+    else:  # a fill in the web's own palette, with a dark edge
+        fill = tuple(int(v) for v in rng.integers(90, 256, 3))
+        draw_shape(draw, CLASSES[label], cx, cy, r, angle, fill, edge, max(1, size // 32))
     return img
 
 

@@ -1,0 +1,150 @@
+"""The verification stage of decontamination (crop-tolerant alignment) and feature centring,
+with real torch modules and real FAISS."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from dedup import verify
+from dedup.embeddings import TorchExtractor, centred, normalize
+from dedup.run import CENTRE_MIN_IMAGES, dedup_pool
+from pool.store import NewImage, Pool
+
+torch.set_num_threads(1)
+
+
+def textured(seed: int, size: int = 32) -> Image.Image:
+    """A random image with detail at several scales; distinct seeds give unrelated images."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    fine = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+    coarse = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), np.float32)
+    fine = np.asarray(fine.resize((size, size), Image.Resampling.BICUBIC), np.float32)
+    return Image.fromarray(np.clip(0.6 * coarse + 0.4 * fine, 0, 255).astype(np.uint8))
+
+
+def crop(img: Image.Image, frac: float, fx: float, fy: float) -> Image.Image:
+    w, h = img.size
+    cw, ch = round(w * (1 - frac)), round(h * (1 - frac))
+    x, y = round((w - cw) * fx), round((h - ch) * fy)
+    return img.crop((x, y, x + cw, y + ch))
+
+
+def thumbs(images) -> np.ndarray:
+    return np.stack(
+        [np.asarray(i.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)) for i in images]
+    )
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_alignment_scores_crops_and_mirrors_high_and_unrelated_images_low():
+    originals = [textured(s) for s in range(6)]
+    copies = [
+        crop(originals[0], 0.15, 0.0, 1.0),  # 15% crop at a corner
+        ImageOps.mirror(crop(originals[1], 0.10, 0.7, 0.2)),  # mirrored off-centre crop
+        originals[2].resize((64, 64), Image.Resampling.BICUBIC),
+        crop(originals[3], 0.05, 0.5, 0.5),
+    ]
+    pool, ev = thumbs(copies), thumbs(originals)
+    same = verify.alignment(pool, ev, np.arange(4), np.arange(4))
+    assert (same >= 0.97).all(), same
+    # every copy against every other original: unrelated
+    rows, items = np.nonzero(~np.eye(4, 6, dtype=bool))
+    other = verify.alignment(pool, ev, rows, items)
+    assert other.max() < 0.9, other
+    # a crop much larger than the windows cover (40%) is not aligned
+    big = verify.alignment(
+        thumbs([crop(originals[4], 0.4, 0, 0)]), ev, np.array([0]), np.array([4])
+    )
+    assert big[0] < same.min()
+
+
+def test_verification_decides_which_candidates_become_overlaps(tmp_path):
+    originals = [textured(100 + s) for s in range(3)]
+    np.savez(tmp_path / "eval.npz", x=thumbs(originals))
+    pool = Pool.create(tmp_path / "pool")
+    copies = [crop(originals[0], 0.14, 1.0, 0.3), ImageOps.mirror(crop(originals[1], 0.08, 0, 0))]
+    added = pool.add(
+        [NewImage(encode(c), url=f"http://x/{k}") for k, c in enumerate(copies)]
+        + [NewImage(encode(textured(200 + k)), url=f"http://x/u{k}") for k in range(4)]
+    ).added
+    result = dedup_pool(pool.root, eval_set=tmp_path / "eval.npz", radius=4)
+    rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
+    assert [rows[s]["eval_match"] for s in added[:2]] == ["eval.npz#0", "eval.npz#1"]
+    assert all(rows[s]["status_reason"].startswith("aligned 0.9") for s in added[:2])
+    assert all(rows[s]["status"] == "kept" for s in added[2:])
+    cand = result.candidates
+    assert len(cand.row) >= 2 and cand.alignment.max() < 1.0
+
+    # the same candidates with a stricter verification threshold: nothing accepted by alignment
+    strict = dedup_pool(pool.root, eval_set=tmp_path / "eval.npz", radius=0, verify_sim=1.0)
+    assert np.array_equal(strict.candidates.row, cand.row)
+    assert all(r["status"] == "kept" for r in pool.manifest().to_pylist())
+
+
+class NonNegativeNet(torch.nn.Module):
+    """A small real CNN whose pooled features are all non-negative (ReLU, then 2x2 average
+    pooling), like a teacher's penultimate layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 32, 5, stride=2)
+        with torch.no_grad():
+            self.conv.bias.fill_(0.5)  # most units active for every image: a shared direction
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1)
+
+
+def test_centring_separates_unrelated_images_that_raw_non_negative_features_confuse(tmp_path):
+    extractor = TorchExtractor(NonNegativeNet())
+    images = [textured(300 + k) for k in range(CENTRE_MIN_IMAGES + 6)]
+    feats = extractor(thumbs(images))
+    assert (feats >= 0).all()
+    raw = normalize(feats) @ normalize(feats).T
+    off_diagonal = raw[~np.eye(len(raw), dtype=bool)]
+    assert np.median(off_diagonal) > 0.97  # the problem: every pair looks like a duplicate
+    cen = centred(feats, feats.mean(axis=0))
+    assert np.median((cen @ cen.T)[~np.eye(len(raw), dtype=bool)]) < 0.2
+
+    pool = Pool.create(tmp_path / "pool")
+    shas = pool.add(
+        [NewImage(encode(im), url=f"http://x/{k}") for k, im in enumerate(images)]
+    ).added
+    copy = pool.add([NewImage(encode(images[0], "JPEG", quality=90), url="http://x/copy")]).added
+    np.savez(tmp_path / "eval.npz", x=thumbs([images[1]]))
+    result = dedup_pool(
+        pool.root, eval_set=tmp_path / "eval.npz", extractor=extractor, model_key="nonneg",
+        radius=0, sim=0.97,
+    )  # fmt: skip
+    rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
+    assert result.settings["features_centred_on"] == f"mean of {len(images) + 1} pool images"
+    assert rows[copy[0]]["status"] == "duplicate" and rows[copy[0]]["duplicate_of"] == shas[0]
+    assert rows[copy[0]]["dup_similarity"] >= 0.97  # centred features still see the copy
+    assert rows[shas[1]]["status"] == "test_overlap" and rows[shas[1]]["eval_similarity"] > 0.99
+    others = [rows[s]["status"] for s in shas[2:]]
+    assert others == ["kept"] * len(others)
+
+
+def test_small_pools_are_compared_uncentred(tmp_path):
+    pool = Pool.create(tmp_path / "pool")
+    pool.add([NewImage(encode(textured(400 + k)), url=f"http://x/{k}") for k in range(3)])
+    result = dedup_pool(pool.root, extractor=TorchExtractor(NonNegativeNet()), model_key="n")
+    assert result.settings["features_centred_on"] is None
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 16, 16, 3), np.uint8), np.zeros((2, 32, 32, 3))])
+def test_alignment_rejects_wrong_thumbnails(bad):
+    with pytest.raises(ValueError, match="thumbnails must be uint8"):
+        verify.alignment(bad, bad.astype(np.uint8), np.array([0]), np.array([0]))
