@@ -1,0 +1,289 @@
+"""Benchmark: KD3 against KD, DFND, random selection and supervised training, CIFAR-10 teacher,
+web-like Tiny-ImageNet pool (../shared/data, see its README).
+
+    nice -n 10 .venv/bin/python bench/distill_cifar10.py --preset cpu          # ~1 h on 2 cores
+    nice -n 10 .venv/bin/python bench/distill_cifar10.py --preset cpu --quick  # ~4 min check
+    .venv/bin/python bench/distill_cifar10.py --preset gpu                     # one H100
+
+The teacher is trained once per preset on cifar10_train_jpeg.npz and cached under .cache/bench/
+at the project root; every student is distilled from the pool's images only (`x`). The pool's
+hidden `y` is used only to measure selection precision. All students use the same seed. Every
+accuracy is measured on cifar10_test.npz; the headline is the final epoch's accuracy, the best
+epoch's is printed beside it and never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distill.checkpoints import load_model  # noqa: E402
+from distill.data import ImageSet, load_images  # noqa: E402
+from distill.trainer import TrainConfig, Trainer  # noqa: E402
+
+
+@dataclass
+class Preset:
+    teacher: str
+    student: str
+    teacher_epochs: int
+    teacher_lr: float
+    epochs: int
+    lr: float = 0.05
+    batch_size: int = 256
+    teacher_batch_size: int = 256
+    limit_train: int | None = None  # images of each file used (None: all)
+    limit_pool: int | None = None
+    limit_test: int | None = None
+
+
+PRESETS = {
+    # ResNet-20 teacher, ResNet-8 students: about an hour on 2 CPU cores
+    "cpu": Preset("resnet20", "resnet8", teacher_epochs=12, teacher_lr=0.1, epochs=20),
+    # paper scale (ResNet-34 -> ResNet-18, CIFAR-style stems), sized from estimates (not yet
+    # measured) for ~10 minutes on one H100
+    "gpu": Preset(
+        "resnet34_cifar",
+        "resnet18_cifar",
+        teacher_epochs=30,
+        teacher_lr=0.1,
+        epochs=24,
+        batch_size=512,
+        teacher_batch_size=512,
+    ),
+}
+QUICK = {"teacher_epochs": 2, "epochs": 2, "limit_train": 4000, "limit_pool": 2000}
+QUICK["limit_test"] = 1000
+
+# name -> (method, TrainConfig overrides). The first six are the faithful methods; the last
+# three are KD3 with one component switched off.
+RUNS = {
+    "student_on_original": ("supervised", {}),
+    "kd": ("kd", {}),
+    "dfnd": ("dfnd", {}),
+    "random": ("random", {}),
+    "kd3": ("kd3", {}),
+    "kd3_no_selection": ("kd3", {"selection": False}),
+    "kd3_no_sharing": ("kd3", {"sharing": False}),
+    "kd3_no_mixing": ("kd3", {"mixing": False}),
+}
+# Extensions, run only when named with --runs: KD3 plus a Hinton KD term on the shared head's
+# logits, and KD3 with the teacher's share in the selection kept at 0.5 or more.
+VARIANTS = {
+    "kd3_plus_kd": ("kd3", {"kd_weight": 1.0}),
+    "kd3_share_floor": ("kd3", {"share_floor": 0.5}),
+}
+
+
+@dataclass
+class RunRow:
+    name: str
+    final_accuracy: float
+    final_covered: float | None
+    best_accuracy: float
+    selection_precision: float | None = None
+    selected_mean: float | None = None
+    seconds_per_epoch: float | None = None
+    images_per_second: float | None = None
+    history: list = field(default_factory=list)
+
+
+def data_dir(arg: str | None) -> Path:
+    path = Path(arg or os.environ.get("KD3_BENCH_DATA") or ROOT.parent / "shared" / "data")
+    for name in ("cifar10_train_jpeg.npz", "cifar10_test.npz", "webpool_tinyimagenet32.npz"):
+        if not (path / name).exists():
+            sys.exit(f"bench: {path / name} missing; pass --data-dir or set KD3_BENCH_DATA")
+    return path
+
+
+def head(data: ImageSet, limit: int | None, seed: int = 0) -> ImageSet:
+    """A fixed random subset (the files are sorted by class, so never take the first rows)."""
+    if limit is None or limit >= len(data):
+        return data
+    keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:limit]
+    keep = keep.sort().values
+    return ImageSet(data.images[keep], data.labels[keep], data.class_names, data.source)
+
+
+def cached_train_images(path: Path, cache: Path) -> ImageSet:
+    """Decoding the 50k JPEGs takes ~10 s: keep the decoded arrays under .cache/."""
+    target = cache / "cifar10_train_decoded.npz"
+    if not target.exists():
+        data = load_images(path, 32)
+        tmp = target.with_suffix(".tmp.npz")
+        np.savez(tmp, x=data.images.numpy(), y=data.labels.numpy(), class_names=data.class_names)
+        tmp.replace(target)
+    return load_images(target, 32)
+
+
+def train_teacher(preset: Preset, train: ImageSet, cache: Path, device) -> Path:
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                preset.teacher,
+                preset.teacher_epochs,
+                preset.teacher_lr,
+                preset.limit_train,
+                preset.teacher_batch_size,
+                len(train),
+            ]
+        ).encode()  # fmt: skip
+    ).hexdigest()[:12]
+    out = cache / f"teacher-{preset.teacher}-{key}"
+    ckpt = out / "teacher.pt"
+    if ckpt.exists():
+        print(f"teacher: cached {ckpt}", flush=True)
+        return ckpt
+    cfg = TrainConfig(
+        method="supervised",
+        student=preset.teacher,
+        epochs=preset.teacher_epochs,
+        batch_size=preset.teacher_batch_size,
+        lr=preset.teacher_lr,
+        crop_scale=(0.35, 1.0),
+    )
+    print(f"teacher: training {preset.teacher} for {preset.teacher_epochs} epochs", flush=True)
+    Trainer(cfg, train, out, device=device).run(resume=True, final_name="teacher.pt")
+    return ckpt
+
+
+def summarise(name: str, history: list[dict], covered: list[int]) -> RunRow:
+    final = history[-1]
+    per_class = final["eval_per_class"]
+    on_covered = [per_class[c] for c in covered if per_class[c] is not None]
+    precisions = [m["selection_precision"] for m in history if "selection_precision" in m]
+    return RunRow(
+        name=name,
+        final_accuracy=final["eval_accuracy"],
+        final_covered=sum(on_covered) / len(on_covered) if on_covered else None,
+        best_accuracy=max(m["eval_accuracy"] for m in history),
+        selection_precision=float(np.mean(precisions)) if precisions else None,
+        selected_mean=float(np.mean([m["selected"] for m in history])),
+        seconds_per_epoch=float(np.mean([m["epoch_seconds"] for m in history])),
+        images_per_second=float(np.mean([m["images_per_second"] for m in history])),
+        history=history,
+    )
+
+
+def fmt(value, spec=".4f"):
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[RunRow], teacher_acc: float, teacher_covered: float) -> None:
+    print()
+    header = (f"{'run':<22} {'final':>7} {'covered7':>8} {'best':>7} {'sel.prec':>8} "
+              f"{'|S_e|':>7} {'s/epoch':>8} {'img/s':>7}")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    print(f"{'teacher':<22} {teacher_acc:>7.4f} {teacher_covered:>8.4f}")
+    for r in rows:
+        print(
+            f"{r.name:<22} {r.final_accuracy:>7.4f} {fmt(r.final_covered):>8} "
+            f"{r.best_accuracy:>7.4f} {fmt(r.selection_precision, '.3f'):>8} "
+            f"{fmt(r.selected_mean, '.0f'):>7} {fmt(r.seconds_per_epoch, '.1f'):>8} "
+            f"{fmt(r.images_per_second, '.0f'):>7}"
+        )
+    by_name = {r.name: r for r in rows}
+    if "kd" in by_name and "kd3" in by_name:
+        ratio = by_name["kd3"].seconds_per_epoch / by_name["kd"].seconds_per_epoch
+        print(f"\nKD3 seconds per epoch / KD seconds per epoch: {ratio:.2f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny version to check the script")
+    parser.add_argument("--epochs", type=int, help="student epochs (overrides the preset)")
+    parser.add_argument("--teacher-epochs", type=int)
+    parser.add_argument("--runs", help=f"comma list from {', '.join([*RUNS, *VARIANTS])}")
+    parser.add_argument("--data-dir", help="folder with the npz files (default ../shared/data)")
+    parser.add_argument("--out", help="results folder (default runs/bench-distill-cifar10-PRESET)")
+    parser.add_argument("--device")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    preset = PRESETS[args.preset]
+    if args.quick:
+        preset = Preset(**{**asdict(preset), **QUICK})
+    if args.epochs:
+        preset.epochs = args.epochs
+    if args.teacher_epochs:
+        preset.teacher_epochs = args.teacher_epochs
+    names = args.runs.split(",") if args.runs else list(RUNS)
+    unknown = [n for n in names if n not in RUNS and n not in VARIANTS]
+    if unknown:
+        sys.exit(f"bench: unknown runs {unknown}")
+    suffix = "-quick" if args.quick else ""
+    out = Path(args.out or ROOT / "runs" / f"bench-distill-cifar10-{args.preset}{suffix}")
+    cache = ROOT / ".cache" / "bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    folder = data_dir(args.data_dir)
+    device = args.device
+    start = time.perf_counter()
+
+    train = head(cached_train_images(folder / "cifar10_train_jpeg.npz", cache), preset.limit_train)
+    test = head(load_images(folder / "cifar10_test.npz", 32), preset.limit_test)
+    pool = head(load_images(folder / "webpool_tinyimagenet32.npz", 32), preset.limit_pool)
+    covered = sorted(set(pool.labels[pool.labels >= 0].tolist()))
+    print(f"train {len(train)}, pool {len(pool)} ({len(covered)} classes covered), "
+          f"test {len(test)}; preset {args.preset}{suffix}: {preset}", flush=True)  # fmt: skip
+
+    teacher_path = train_teacher(preset, train, cache, device)
+    teacher, meta = load_model(teacher_path)
+    from distill.data import Normalizer
+    from distill.evaluation import evaluate
+    from distill.trainer import pick_device
+
+    dev = pick_device(device)
+    t_acc = evaluate(teacher.to(dev), test.to(dev), Normalizer(meta.mean, meta.std, 32, dev), 10)
+    print(f"teacher {preset.teacher}: test accuracy {t_acc.overall:.4f}", flush=True)
+
+    rows = []
+    for name in names:
+        method, overrides = {**RUNS, **VARIANTS}[name]
+        cfg = TrainConfig(method=method, student=preset.student, epochs=preset.epochs,
+                          batch_size=preset.batch_size, lr=preset.lr, seed=args.seed,
+                          **overrides)  # fmt: skip
+        print(f"\n== {name} ({method} {overrides or ''})", flush=True)
+        run_dir = out / name
+        if method == "supervised":
+            trainer = Trainer(cfg, train, run_dir, eval_set=test, device=device)
+        else:
+            trainer = Trainer(cfg, pool, run_dir, teacher, meta, test, device=device)
+        result = trainer.run(resume=True)
+        rows.append(summarise(name, result.history, covered))
+
+    print_table(rows, t_acc.overall, t_acc.on_classes(covered))
+    results = {
+        "preset": args.preset,
+        "quick": args.quick,
+        "settings": asdict(preset),
+        "sizes": {"train": len(train), "pool": len(pool), "test": len(test)},
+        "covered_classes": covered,
+        "teacher": {"arch": preset.teacher, "accuracy": t_acc.overall,
+                    "covered": t_acc.on_classes(covered), "checkpoint": str(teacher_path)},
+        "runs": [asdict(r) for r in rows],
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
+        "total_seconds": time.perf_counter() - start,
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults: {out / 'results.json'} ({results['total_seconds']:.0f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""End to end on generated data: teacher training, KD3 and baselines, resume, features, export."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from distill.checkpoints import load_model
+from distill.data import load_images
+from distill.errors import DistillError, TrainingCancelled
+from distill.features import load_feature_extractor
+from distill.trainer import TrainConfig, Trainer
+from pool.importer import import_into_pool
+from workers.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import write_npz  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A trained resnet8 teacher (16x16 generated images, 4 classes), a pool, an eval set."""
+    root = tmp_path_factory.mktemp("distill")
+    write_npz(root / "train.npz", 384, seed=1)
+    write_npz(root / "test.npz", 200, seed=2)
+    # the pool: class images plus pure-noise distractors (y = -1), labels only for diagnostics
+    write_npz(root / "pool.npz", 224, seed=3, distractors=64)
+    args = ["train-teacher", "--data", str(root / "train.npz"), "--eval", str(root / "test.npz")]
+    args += ["--arch", "resnet8", "--epochs", "2", "--batch-size", "64", "--lr", "0.05"]
+    assert main([*args, "--out", str(root / "teacher"), "--device", "cpu"]) == 0
+    return root
+
+
+def test_teacher_training_writes_a_standalone_checkpoint(world):
+    model, meta = load_model(world / "teacher" / "teacher.pt")
+    assert meta.arch == "resnet8" and meta.class_names == ["red", "green", "blue", "yellow"]
+    assert meta.input_size == 16 and meta.summary["eval_accuracy"] > 0.9
+    lines = (world / "teacher" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[-1])["eval_accuracy"] > 0.9
+
+
+def test_kd3_distillation_from_a_pool_beats_chance(world, capsys):
+    import_into_pool(world / "pool.npz", world / "pool")
+    out = world / "kd3"
+    args = ["distill", "--teacher", str(world / "teacher" / "teacher.pt"), "--pool"]
+    args += [str(world / "pool"), "--eval", str(world / "test.npz"), "--student", "resnet8"]
+    args += ["--method", "kd3", "--epochs", "4", "--batch-size", "32", "--out", str(out)]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert "final-epoch accuracy" in capsys.readouterr().out
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in history] == [1, 2, 3, 4]
+    first = history[0]
+    for key in ("teacher_share", "selected", "selected_per_class", "eval_per_class", "lr"):
+        assert key in first
+    assert set(first["losses"]) == {"wfa", "contrast", "loss"}
+    assert 0 < first["selected"] <= 288 and sum(first["selected_per_class"]) == first["selected"]
+    assert history[0]["teacher_share"] > 0.5 and history[3]["teacher_share"] == 0.0
+    assert history[-1]["eval_accuracy"] > 0.6  # chance is 0.25
+    assert (out / "report.png").stat().st_size > 1000
+    # the final student runs on its own: backbone + projector + the teacher's classifier
+    student, meta = load_model(out / "student.pt")
+    assert meta.kind == "kd3-student" and meta.teacher_arch == "resnet8"
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "student.pt"), "--eval", str(world / "test.npz")]) == 0
+    reported = float(capsys.readouterr().out.split()[1])
+    assert reported == pytest.approx(history[-1]["eval_accuracy"], abs=1e-6)
+    # a second run into the same folder without --resume is refused, nothing is overwritten
+    before = (out / "state.pt").read_bytes()
+    assert main([*args, "--device", "cpu"]) == 2
+    assert "--resume" in capsys.readouterr().err and (out / "state.pt").read_bytes() == before
+
+
+def _trainer(world, out, cfg, callback=None):
+    teacher, meta = load_model(world / "teacher" / "teacher.pt")
+    pool = load_images(world / "pool.npz", 16)
+    pool.images, pool.labels = pool.images[::2], pool.labels[::2]  # 144 images: fast
+    return Trainer(
+        cfg,
+        pool,
+        out,
+        teacher,
+        meta,
+        load_images(world / "test.npz", 16),
+        device="cpu",
+        step_callback=callback,
+        log=lambda m: None,
+    )
+
+
+def test_resume_after_cancellation_equals_an_uninterrupted_run(world, tmp_path):
+    cfg = TrainConfig(method="kd3", student="resnet8", epochs=4, batch_size=16, seed=5)
+    full = _trainer(world, tmp_path / "full", cfg).run()
+    assert all(m["steps"] >= 1 for m in full.history)
+
+    events = []
+
+    def cancel_in_epoch_two(event):
+        events.append(event)
+        return event["event"] == "step" and event["epoch"] == 2 and event["step"] == 1
+
+    with pytest.raises(TrainingCancelled):
+        _trainer(world, tmp_path / "cut", cfg, cancel_in_epoch_two).run()
+    assert any(e["event"] == "epoch" for e in events) and events[-1]["step"] == 1
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
+    with pytest.raises(DistillError, match="settings differ.*epochs=4 \\(now 5\\)"):
+        _trainer(world, tmp_path / "cut", TrainConfig(**{**cfg.to_dict(), "epochs": 5})).run(
+            resume=True
+        )
+    resumed = _trainer(world, tmp_path / "cut", cfg).run(resume=True)
+
+    a = torch.load(full.student_path, weights_only=True)["state_dict"]
+    b = torch.load(resumed.student_path, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    timing = {"epoch_seconds", "selection_seconds", "images_per_second"}
+    strip = [{k: v for k, v in m.items() if k not in timing} for m in full.history]
+    assert strip == [{k: v for k, v in m.items() if k not in timing} for m in resumed.history]
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "terms"),
+    [
+        ("kd", {}, {"kd"}),
+        ("dfnd", {}, {"kd", "noise_adaptation"}),
+        ("random", {}, {"kd"}),
+        ("kd3", {"selection": False}, {"wfa", "contrast"}),
+        ("kd3", {"sharing": False}, {"kd", "contrast"}),
+        ("kd3", {"mixing": False}, {"wfa"}),
+        ("kd3", {"kd_weight": 1.0, "share_floor": 0.5}, {"wfa", "contrast", "kd"}),
+    ],
+)
+def test_every_method_and_ablation_trains(world, tmp_path, method, options, terms):
+    cfg = TrainConfig(method=method, student="resnet8", epochs=1, batch_size=48, **options)
+    trainer = _trainer(world, tmp_path, cfg)
+    result = trainer.run()
+    m = result.final
+    assert set(m["losses"]) == terms | {"loss"}
+    assert all(np.isfinite(v) for v in m["losses"].values())
+    if method in ("dfnd", "random"):
+        assert m["selected"] == 72  # half of the 144 pool images
+    if method in ("kd", "dfnd", "random"):  # teacher argmax against the pool's hidden labels
+        assert 0 < m["selection_precision"] <= 1 and len(m["selection_precision_per_class"]) == 4
+    if method == "dfnd":
+        assert 0.25 < m["dfnd_teacher_accuracy"] <= 1
+    if options.get("selection") is False:
+        assert m["selected"] == 144
+    if "share_floor" in options:
+        assert m["teacher_share"] >= 0.5
+    _, meta = load_model(result.student_path)
+    assert meta.kind == (
+        "kd3-student" if method == "kd3" and "sharing" not in options else "classifier"
+    )
+
+
+def test_feature_extractor_contract(world):
+    extract = load_feature_extractor(world / "teacher" / "teacher.pt", device="cpu")
+    images = np.load(world / "test.npz")["x"][:10]
+    vectors = extract(images)
+    assert vectors.dtype == np.float32 and vectors.shape == (10, 64) and extract.dim == 64
+    model, meta = load_model(world / "teacher" / "teacher.pt")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = model.forward_features(x).mean(dim=(2, 3)).numpy()
+    assert np.allclose(vectors, expected, atol=1e-4)
+    assert extract(images[:0]).shape == (0, 64)
+    with pytest.raises(DistillError, match="expects uint8"):
+        extract(images.astype(np.float32))
+
+
+def test_export_torchscript_and_onnx(world, tmp_path, capsys):
+    ckpt = world / "teacher" / "teacher.pt"
+    assert main(["export", str(ckpt), "--out", str(tmp_path)]) == 0
+    scripted = torch.jit.load(str(tmp_path / "model.torchscript.pt"))
+    model, meta = load_model(ckpt)
+    x = torch.rand(3, 3, 16, 16)
+    norm = (x - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), model(norm), atol=1e-5)
+    graph = onnx.load(str(tmp_path / "model.onnx"))
+    onnx.checker.check_model(graph)
+    assert [i.name for i in graph.graph.input] == ["images"]
+    info = json.loads((tmp_path / "model.json").read_text())
+    assert info["class_names"] == ["red", "green", "blue", "yellow"] and info["input_size"] == 16
