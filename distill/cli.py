@@ -112,6 +112,19 @@ def _threads() -> None:
         torch.set_num_threads(int(os.environ["KD3_TORCH_THREADS"]))
 
 
+def _training(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields every training command shares (see _add_training)."""
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "schedule": args.schedule,
+        "seed": args.seed,
+        "crop_scale": (args.crop_scale_min, 1.0),
+    }
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from distill.checkpoints import load_model
     from distill.data import load_images
@@ -125,13 +138,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         method=args.method,
         student=args.student,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        seed=args.seed,
-        crop_scale=(args.crop_scale_min, 1.0),
+        **_training(args),
         selection=not args.no_selection,
         sharing=not args.no_sharing,
         mixing=not args.no_mixing,
@@ -159,17 +166,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     data = load_images(args.data, size, sys.stderr.isatty())
     size = data.images.shape[1]
     eval_set = load_images(args.eval, size) if args.eval else None
-    cfg = TrainConfig(
-        method="supervised",
-        student=args.arch,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        seed=args.seed,
-        crop_scale=(args.crop_scale_min, 1.0),
-    )
+    cfg = TrainConfig(method="supervised", student=args.arch, **_training(args))
     trainer = Trainer(cfg, data, args.out, eval_set=eval_set, device=args.device)
     result = trainer.run(resume=args.resume, final_name="teacher.pt")
     _print_done(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlsplit
 
 import scrapy
@@ -71,6 +72,17 @@ class ImageSpider(scrapy.Spider):
 
     def meta(self, class_name: str, keyword: str, **extra) -> dict:
         return {"kd3": {"class_name": class_name, "keyword": keyword, **extra}}
+
+    def api_json(self, response) -> dict | None:
+        """An API response's JSON body, or None (counted as an api_error) when it is not JSON."""
+        try:
+            data = json.loads(response.text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            self.kd3_stats.reject("api_error", self.name)
+            return None
+        return data
 
     def api_request(self, url: str, callback, meta: dict) -> scrapy.Request:
         meta = {**meta, "dont_obey_robotstxt": self.api}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from urllib.parse import urlencode
 
 from crawler.spiders.base import ImageSpider
@@ -50,10 +49,8 @@ class OpenverseSpider(ImageSpider):
 
     def parse_api(self, response):
         info = response.meta["kd3"]
-        try:
-            data = json.loads(response.text)
-        except ValueError:
-            self.kd3_stats.reject("api_error", self.name)
+        data = self.api_json(response)
+        if data is None:
             return
         for hit in parse_results(data):
             url = hit.pop("url")

@@ -6,7 +6,6 @@ KD3_WIKIMEDIA_THUMB_WIDTH when the original is larger), licence and author (extm
 
 from __future__ import annotations
 
-import json
 from urllib.parse import urlencode
 
 from w3lib.html import remove_tags
@@ -73,10 +72,8 @@ class WikimediaSpider(ImageSpider):
 
     def parse_api(self, response):
         info = response.meta["kd3"]
-        try:
-            data = json.loads(response.text)
-        except ValueError:
-            self.kd3_stats.reject("api_error", self.name)
+        data = self.api_json(response)
+        if data is None:
             return
         if "error" in data:
             self.kd3_stats.reject("api_error", self.name)

@@ -27,7 +27,7 @@ from workers.run_local import run_pipeline
 
 PRESETS = {
     # full: what `make demo` runs (a few minutes on 2 cores)
-    "full": {"train": 3000, "eval": 1000, "per_class": 250, "teacher_epochs": 10, "epochs": 15},
+    "full": {"train": 2500, "eval": 800, "per_class": 250, "teacher_epochs": 6, "epochs": 12},
     # quick: the same path at toy size, for the test suite
     "quick": {"train": 400, "eval": 200, "per_class": 30, "teacher_epochs": 2, "epochs": 2},
 }
@@ -41,9 +41,8 @@ def train_teacher(out: Path, train_npz: Path, eval_npz: Path, epochs: int) -> tu
     from distill.data import load_images
     from distill.trainer import TrainConfig, Trainer
 
-    cfg = TrainConfig(
-        method="supervised", student="resnet20", epochs=epochs, batch_size=128, lr=0.1
-    )
+    cfg = TrainConfig(method="supervised", student="resnet20", epochs=epochs, batch_size=128,
+                      lr=0.1, crop_scale=(0.35, 1.0))  # fmt: skip
     trainer = Trainer(cfg, load_images(train_npz, 32), out, eval_set=load_images(eval_npz, 32))
     result = trainer.run(resume=trainer.state_path.exists(), final_name="teacher.pt")
     return result.student_path, result.final["eval_accuracy"]

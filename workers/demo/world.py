@@ -76,7 +76,9 @@ def original_style(rng: np.random.Generator, label: int, size: int = 32) -> np.n
     colour = tuple(int(v) for v in rng.integers(100, 256, 3))
     r = rng.uniform(0.22, 0.4) * size
     cx, cy = rng.uniform(r, size - r, 2)
-    draw_shape(ImageDraw.Draw(img), CLASSES[label], cx, cy, r, rng.uniform(0, math.pi), colour, None, 1)
+    draw_shape(
+        ImageDraw.Draw(img), CLASSES[label], cx, cy, r, rng.uniform(0, math.pi), colour, None, 1
+    )
     return np.asarray(img)
 
 
@@ -90,12 +92,18 @@ def web_style(rng: np.random.Generator, label: int | None) -> Image.Image:
     tilt = rng.uniform(-50, 50, 3)
     gradient = base[None, None, :] + tilt[None, None, :] * x[None, :, None]
     noise = rng.normal(0, 14, (size, size, 3))
-    img = Image.fromarray(np.clip(gradient + noise, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1))
+    img = Image.fromarray(np.clip(gradient + noise, 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(1)
+    )
     draw = ImageDraw.Draw(img)
     if label is None:
         for _ in range(int(rng.integers(3, 7))):
             pts = [tuple(float(v) for v in rng.uniform(0, size, 2)) for _ in range(3)]
-            draw.line(pts, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, 4)))
+            draw.line(
+                pts,
+                fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
+                width=int(rng.integers(1, 4)),
+            )
         return img
     r = rng.uniform(0.2, 0.45) * size
     cx, cy = rng.uniform(r, size - r, 2)
