@@ -14,6 +14,11 @@ from pathlib import Path
 
 import fsspec
 
+
+class ArtifactError(Exception):
+    """An input that cannot be put into, or read from, the artifact store."""
+
+
 PREFIX = "artifact:"  # a job spec's reference to a key in the store, e.g. artifact:pools/pets
 
 
@@ -43,6 +48,8 @@ class ArtifactStore:
     def put_teacher(self, local: str | os.PathLike) -> str:
         """Upload a checkpoint under its content hash, so a job never depends on the
         submitter's disk and the same file is stored once."""
+        if not Path(local).is_file():
+            raise ArtifactError(f"{local}: no such checkpoint file")
         key = f"teachers/{_file_sha256(Path(local))}{Path(local).suffix or '.pt'}"
         if not self.exists(key):
             self.put_file(local, key)
@@ -61,7 +68,7 @@ class ArtifactStore:
             return ref
         path = Path(ref)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or directory")
+            raise ArtifactError(f"{path}: no such file or directory")
         if path.is_dir():
             digest = hashlib.sha256((path / "manifest.parquet").read_bytes()).hexdigest()[:12]
             key = f"pools/{path.name}-{digest}"

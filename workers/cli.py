@@ -16,6 +16,7 @@ from distill.cli import register as register_distill
 from distill.errors import DistillError
 from pool.cli import register as register_pool
 from pool.errors import PoolError
+from workers.artifacts import ArtifactError
 from workers.config import ConfigError
 from workers.jobs_cli import register as register_jobs
 from workers.submit_cli import register as register_submit
@@ -46,6 +47,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DedupError,
     DistillError,
     ConfigError,
+    ArtifactError,
 )
 
 

@@ -25,7 +25,7 @@ def run_pipeline(
     config: PipelineConfig, artifacts_root: str | Path, redis_url: str | None = None,
     log=lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> tuple[Job, list[Job]]:  # fmt: skip
-    """Run every stage in order; returns the pipeline record and its children's records."""
+    """Run every stage in order; returns the top record and the records of its stages."""
     from workers.stages import STAGES
 
     with contextlib.ExitStack() as stack:
@@ -45,5 +45,7 @@ def run_pipeline(
             done = store.get(job.id)
             log(f"[{job.kind}] {outcome} in {time.perf_counter() - start:.0f} s"
                 + (f": {done.error}" if done.error else ""))  # fmt: skip
-        children = [store.get(c) for c in store.get(parent.id).children]
-        return store.get(parent.id), children
+        top = store.get(parent.id)
+        # A one-stage config makes a single job: it is its own (only) stage.
+        children = [store.get(c) for c in top.children] if top.kind == "pipeline" else [top]
+        return top, children
