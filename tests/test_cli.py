@@ -19,4 +19,3 @@ def test_info_on_a_missing_pool_is_one_line(tmp_path):
     run = _kd3("pool", "info", str(tmp_path / "none"))
     assert run.returncode == 2
     assert run.stderr == f"kd3 pool: error: {tmp_path / 'none'}: no such pool directory\n"
-
