@@ -155,7 +155,15 @@ def main() -> None:
         metavar="CKPT",
         help="only compare raw and centred similarities of this teacher's features, then exit",
     )
+    parser.add_argument(
+        "--teacher-grouping",
+        metavar="CKPT",
+        help="only group 4000 untouched web images with this teacher's features, without and "
+        "with the alignment check, then exit",
+    )
     parser.add_argument("--skip-train", action="store_true", help="no CIFAR train vs test run")
+    parser.add_argument("--only-train", action="store_true", help="only the train vs test run")
+    parser.add_argument("--out", help="write PNGs of found train/test pairs to this folder")
     args = parser.parse_args()
     import torch
 
@@ -166,7 +174,11 @@ def main() -> None:
     test = np.load(data / "cifar10_test.npz")["x"]
     if args.teacher_similarity:
         return teacher_similarity(args.teacher_similarity, web, test, rng)
+    if args.teacher_grouping:
+        return teacher_grouping(args.teacher_grouping, web, rng)
     extractor, key = network(args)
+    if args.only_train:
+        return train_vs_test(data, args, extractor, key)
     print(f"hash radius <= {args.radius} (pHash), {key} similarity >= {args.sim} (grouping)")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -213,6 +225,11 @@ def main() -> None:
             )
     web_dups = sum(r["status"] == "duplicate" for r in rows if truth[r["url"]][0] == "untouched")
     print(f"untouched web images marked duplicate of one another: {web_dups}")
+    pairs = result.embedding_edges
+    print(
+        f"pool pairs linked only by features (>= {args.sim}): {pairs['checked']}, of which "
+        f"the alignment check confirmed {pairs['confirmed']} as duplicates"
+    )
     tuning_table(result.candidates, urls, truth, args.radius, VERIFY_SIM_HASH)
     if not args.skip_train:
         train_vs_test(data, args, extractor, key)
@@ -257,6 +274,32 @@ def teacher_similarity(ckpt: str, web, test, rng, n_web: int = 4000, n_test: int
         )
 
 
+def teacher_grouping(ckpt: str, web, rng, n: int = 4000) -> None:
+    """Unrelated web images merged by the teacher's features alone, and after the check."""
+    from dedup.run import dedup_pool
+    from distill.features import load_feature_extractor
+    from pool.store import NewImage, Pool
+
+    extract = load_feature_extractor(ckpt)
+    picks = rng.choice(len(web), n, replace=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = Pool.create(Path(tmp) / "pool")
+        pool.add([NewImage(_png(Image.fromarray(web[i])), url=f"web#{i}") for i in picks])
+        print(f"teacher {ckpt}: {n} untouched web images, hash radius <= 4, similarity >= 0.97")
+        for label, verify_sim in (("features alone", -1.0), ("alignment-checked", None)):
+            kw = {} if verify_sim is None else {"verify_sim": verify_sim}
+            start = time.perf_counter()
+            result = dedup_pool(pool.root, extractor=extract, model_key="teacher", **kw)
+            dups = sum(v == "duplicate" for v in result.statuses.values())
+            pairs = result.embedding_edges
+            print(
+                f"  {label:>17}: {dups} images marked duplicate in {len(result.groups)} groups "
+                f"(largest {max(map(len, result.groups), default=0)}); feature-only pairs "
+                f"{pairs['checked']}, confirmed {pairs['confirmed']}; "
+                f"{time.perf_counter() - start:.0f} s"
+            )
+
+
 def network(args):
     """(extractor, cache key): the teacher's pooled features or a registered default network."""
     if args.teacher:
@@ -292,6 +335,7 @@ def tuning_table(cand, urls, truth, radius, sim_hash) -> None:
 
 def train_vs_test(data: Path, args, extractor, key) -> None:
     """Decontaminate a pool of CIFAR-10 training images (original JPEGs) against the test set."""
+    from dedup.decontaminate import CANDIDATE_RADIUS, CANDIDATE_SIM
     from dedup.run import dedup_pool
     from pool.store import NewImage, Pool
 
@@ -316,17 +360,54 @@ def train_vs_test(data: Path, args, extractor, key) -> None:
         )
         table = pool.manifest().to_pylist()
     overlaps = [r for r in table if r["status"] == "test_overlap"]
-    test_items = {r["eval_match"] for r in overlaps}
-    reasons = {}
+    best: dict[str, tuple[int, float]] = {}  # test item -> smallest Hamming, largest similarity
     for r in overlaps:
-        reason = r["status_reason"].split()[0]
-        reasons[reason] = reasons.get(reason, 0) + 1
+        ham, sim = best.get(r["eval_match"], (64, -1.0))
+        best[r["eval_match"]] = (min(ham, r["eval_hamming"]), max(sim, r["eval_similarity"] or -1))
+    hams = np.array([h for h, _ in best.values()])
+    sims = np.array([s for _, s in best.values()])
+    by_hash, by_sim = hams <= CANDIDATE_RADIUS, sims >= CANDIDATE_SIM
     print(
         f"\nCIFAR-10 train ({n} images) vs test (10000): {len(overlaps)} training images match "
-        f"{len(test_items)} test images ({len(test_items) / 100:.2f}% of the test set; ciFAIR "
-        f"reports about 3%); by {reasons}; {len(result.groups)} duplicate groups inside the "
-        f"training set; {time.perf_counter() - start:.0f} s"
+        f"{len(best)} test images ({len(best) / 100:.2f}% of the test set; ciFAIR reports about "
+        f"3%); {len(result.groups)} duplicate groups inside the training set; "
+        f"{time.perf_counter() - start:.0f} s"
     )
+    print(
+        "test images with a confirmed train match, by how the candidate was found:\n"
+        f"  hash <= {args.radius}: {(hams <= args.radius).sum()}, hash <= {CANDIDATE_RADIUS}: "
+        f"{(hams <= CANDIDATE_RADIUS).sum()}, similarity >= {CANDIDATE_SIM}: "
+        f"{(sims >= CANDIDATE_SIM).sum()}, similarity >= {args.sim}: {(sims >= args.sim).sum()}\n"
+        f"  only by hash (<= {CANDIDATE_RADIUS}): {(by_hash & ~by_sim).sum()}, only by "
+        f"similarity: {(~by_hash & by_sim).sum()}, both: {(by_hash & by_sim).sum()}"
+    )
+    if args.out:
+        test = np.load(data / "cifar10_test.npz")["x"]
+        pair_sheet(Path(args.out), overlaps, blob, offsets, test)
+
+
+def pair_sheet(out: Path, overlaps: list[dict], blob, offsets, test, n: int = 24) -> None:
+    """PNGs of train | test pairs: a random sample, and the lowest alignment scores."""
+    out.mkdir(parents=True, exist_ok=True)
+    by_score = sorted(overlaps, key=lambda r: r["status_reason"])
+    rng = np.random.default_rng(0)
+    picks = {
+        "random": [overlaps[i] for i in rng.choice(len(overlaps), min(n, len(overlaps)), False)],
+        "lowest_alignment": by_score[:n],
+    }
+    for name, rows in picks.items():
+        sheet = Image.new("RGB", (4 * 150, ((len(rows) + 3) // 4) * 90), "white")
+        draw = ImageDraw.Draw(sheet)
+        for k, r in enumerate(rows):
+            i, j = int(r["url"].split("#")[1]), int(r["eval_match"].split("#")[1])
+            train = Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes()))
+            x, y = (k % 4) * 150, (k // 4) * 90
+            sheet.paste(train.convert("RGB").resize((64, 64)), (x + 4, y + 2))
+            sheet.paste(Image.fromarray(test[j]).resize((64, 64)), (x + 70, y + 2))
+            score = r["status_reason"].split()[-1][:5]
+            draw.text((x + 4, y + 68), f"h{r['eval_hamming']} a{score}", fill="black")
+        sheet.save(out / f"train_test_{name}.png")
+    print(f"pairs (train | test) written to {out}/train_test_{{random,lowest_alignment}}.png")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ USER_AGENT = "kd3-crawler/0.1 (+https://github.com/kd3/kd3; image research crawl
 ROBOTSTXT_OBEY = True
 CONCURRENT_REQUESTS = 32
 CONCURRENT_REQUESTS_PER_DOMAIN = 4
+# Scrapy starts CONCURRENT_ITEMS asyncio tasks for every callback's output, however small; an
+# image response yields one item, so the default 100 made task creation the crawl's top cost
+# (profiled: 530k tasks for 5,000 images). Outputs are small here, so a few workers suffice.
+CONCURRENT_ITEMS = 4
 DOWNLOAD_DELAY = 0
 AUTOTHROTTLE_ENABLED = True
 AUTOTHROTTLE_START_DELAY = 0.5

@@ -37,7 +37,8 @@ def register(subparsers, teacher_loader: Callable[[str], object] | None = None) 
         "--verify-sim",
         type=float,
         default=DEFAULT_VERIFY_SIM,
-        help="evaluation overlaps: alignment score a candidate needs (inclusive, >= V)",
+        help="alignment score (inclusive, >= V) an evaluation-overlap candidate or a feature-only "
+        "duplicate pair needs",
     )
     parser.add_argument("--hash", default="phash", choices=["phash", "dhash"])
     parser.add_argument(

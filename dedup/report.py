@@ -32,6 +32,7 @@ def write_report(result, out_dir: Path | None = None) -> dict:
         "counts": dict(Counter(table["status"].to_pylist())),
         "counts_per_class": {c: dict(v) for c, v in sorted(per_class.items())},
         "groups": len(result.groups),
+        "embedding_pairs": result.embedding_edges,
         "undecodable": result.invalid,
         "contact_sheet": str(out_dir / "contact_sheet.png"),
     }
@@ -47,6 +48,12 @@ def format_report(report: dict) -> str:
         f"similarity >= {s['sim']}; evaluation set {s['eval_set']}",
         f"decoded this run: {report['decoded_this_run']}; near-duplicate groups: {report['groups']}",
     ]
+    if s["embedding_duplicates_verified"]:
+        pairs = report["embedding_pairs"]
+        lines.append(
+            f"feature-only duplicate pairs: {pairs['confirmed']} of {pairs['checked']} confirmed "
+            f"by the alignment check (>= {s['verify_sim']})"
+        )
     width = max([5, *(len(c) for c in report["counts_per_class"])])
     lines.append(f"{'class':<{width}} " + " ".join(f"{x:>12}" for x in STATUSES))
     for name, counts in [*report["counts_per_class"].items(), ("total", report["counts"])]:

@@ -4,6 +4,10 @@ Idempotent: statuses are recomputed each run for every image that is not `invali
 and features cached by sha256 (dedup/cache.py), so a re-run decodes only images it has not seen.
 The manifest is changed once, at the end, through `pool.update` (atomic replace under the lock);
 rows added by a crawl while dedup runs are left as they are.
+
+Two pool images are near-duplicates when they have the same pixels, their hashes are within the
+radius, or their features reach the similarity and the alignment check (dedup/verify.py) confirms
+that one lines up with the other; groups are the connected components of these links.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class DedupResult:
     overlaps: dict[str, str] = field(default_factory=dict)  # pool sha256 -> evaluation item id
     eval_loader: object = None  # EvalSet, for the contact sheet
     candidates: decontaminate.Candidates | None = None  # verified pool/evaluation pairs
+    embedding_edges: dict = field(default_factory=dict)  # pool pairs: checked / confirmed
     settings: dict = field(default_factory=dict)
 
 
@@ -97,6 +102,7 @@ def dedup_pool(
         "candidate_sim": decontaminate.CANDIDATE_SIM if extractor is not None else None,
         "verify_sim": verify_sim,
         "verify_sim_with_hash": min(verify_sim, decontaminate.VERIFY_SIM_HASH),
+        "embedding_duplicates_verified": extractor is not None,
     }
 
     hashes, features, failed = _compute(pool, scope, extractor, model_key, progress, result)
@@ -117,19 +123,23 @@ def dedup_pool(
             f"mean of {len(feats)} pool images" if mean.any() else None
         )
 
+    paths = scope["path"].take(ok).to_pylist()
+
+    def load_thumbs(rows):
+        return _thumbnails(pool, [paths[r] for r in rows])
+
     overlaps: dict[int, decontaminate.Overlap] = {}
     if evalset is not None:
         index = decontaminate.prepare(evalset, hash_kind, extractor, eval_crops, progress)
         if index.features is not None:
             index.features = embeddings.centred(index.features, mean) if mean is not None else None
-        paths = scope["path"].take(ok).to_pylist()
         overlaps, result.candidates = decontaminate.find_overlaps(
             index,
             shas,
             pixels,
             codes,
             feats,
-            lambda rows: _thumbnails(pool, [paths[r] for r in rows]),
+            load_thumbs,
             radius,
             verify_sim=verify_sim,
             verify_sim_hash=min(verify_sim, decontaminate.VERIFY_SIM_HASH),
@@ -138,7 +148,11 @@ def dedup_pool(
 
     # Near-duplicate groups among the images that are not evaluation overlaps.
     rest = np.array([i for i in range(len(shas)) if i not in overlaps], dtype=np.int64)
-    a, b = _edges(rest, codes, mirrors, pixels, feats, radius, sim, method)
+    a, b, checked = _edges(
+        rest, codes, mirrors, pixels, feats, radius, sim, verify_sim, method, load_thumbs
+    )
+    aligned = {pair: score for pair, score in checked.items() if score >= verify_sim}
+    result.embedding_edges = {"checked": len(checked), "confirmed": len(aligned)}
     labels = grouping.components(len(rest), a, b)
     area = (
         info["width"].to_numpy(zero_copy_only=False) * info["height"].to_numpy(zero_copy_only=False)
@@ -152,7 +166,7 @@ def dedup_pool(
         if member != leader:
             groups.setdefault(leader, []).append(member)
             updates[shas[member]] = _duplicate_row(
-                member, leader, shas, codes, mirrors, pixels, feats, radius, sim
+                member, leader, shas, codes, mirrors, pixels, feats, radius, aligned
             )
     for row, ov in overlaps.items():
         updates[shas[row]] = {
@@ -190,7 +204,7 @@ def _kept() -> dict:
     }
 
 
-def _duplicate_row(member, leader, shas, codes, mirrors, pixels, feats, radius, sim) -> dict:
+def _duplicate_row(member, leader, shas, codes, mirrors, pixels, feats, radius, aligned) -> dict:
     ham = int(
         min(
             hamming(codes[member : member + 1], codes[leader : leader + 1])[0],
@@ -202,8 +216,8 @@ def _duplicate_row(member, leader, shas, codes, mirrors, pixels, feats, radius, 
         reason = "exact-pixels"
     elif ham <= radius:
         reason = "hash"
-    elif similarity is not None and similarity >= sim:
-        reason = "embedding"
+    elif (min(member, leader), max(member, leader)) in aligned:
+        reason = f"embedding {aligned[min(member, leader), max(member, leader)]:.4f}"
     else:
         reason = "chain"  # linked to the representative through other group members
     return {
@@ -216,23 +230,40 @@ def _duplicate_row(member, leader, shas, codes, mirrors, pixels, feats, radius, 
     }
 
 
-def _edges(rest, codes, mirrors, pixels, feats, radius, sim, method):
-    """Match-graph edges (positions in `rest`): same pixels, hash within radius, similar features."""
+def _edges(rest, codes, mirrors, pixels, feats, radius, sim, verify_sim, method, load_thumbs):
+    """Match-graph edges (positions in `rest`): same pixels, hash within radius, and similar
+    features that the alignment check confirms; plus {(row, row): alignment} of every feature
+    pair checked (rows of the whole scope, smaller first).
+
+    Features alone never link two images: a teacher's pooled features can put unrelated images
+    at similarity >= 0.97 (bench/dedup_quality.py --teacher-similarity). A feature pair is
+    checked only when hashes and pixels have not already put both images in one group.
+    """
+    empty = np.empty(0, np.int64)
     if len(rest) == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return empty, empty, {}
     found = binary_index.near_pairs(codes[rest], mirrors[rest], radius, method)
-    a, b = [found.query], [found.db]
     first_with: dict[str, int] = {}
     same = [(first_with.setdefault(pixels[r], k), k) for k, r in enumerate(rest.tolist())]
     same = np.array([p for p in same if p[0] != p[1]], dtype=np.int64).reshape(-1, 2)
-    a.append(same[:, 0])
-    b.append(same[:, 1])
-    if feats is not None:
-        close = embeddings.similar(feats[rest], feats[rest], sim)
-        keep = close.query != close.db
-        a.append(close.query[keep])
-        b.append(close.db[keep])
-    return np.concatenate(a), np.concatenate(b)
+    a = np.concatenate([found.query, same[:, 0]])
+    b = np.concatenate([found.db, same[:, 1]])
+    if feats is None:
+        return a, b, {}
+    close = embeddings.similar(feats[rest], feats[rest], sim)
+    pairs = np.sort(np.stack([close.query, close.db], 1), axis=1)
+    pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
+    labels = grouping.components(len(rest), a, b)
+    pairs = pairs[labels[pairs[:, 0]] != labels[pairs[:, 1]]]
+    need = np.unique(pairs)
+    local = np.searchsorted(need, pairs)
+    score = verify.pair_alignment(load_thumbs(rest[need]), local[:, 0], local[:, 1])
+    ok = score >= verify_sim
+    checked = {
+        (int(rest[i]), int(rest[j])): float(v)
+        for (i, j), v in zip(pairs.tolist(), score.tolist(), strict=True)
+    }
+    return np.concatenate([a, pairs[ok, 0]]), np.concatenate([b, pairs[ok, 1]]), checked
 
 
 def _compute(pool, scope, extractor, model_key, progress, result):

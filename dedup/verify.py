@@ -10,6 +10,9 @@ mirror. Each window and the pool thumbnail are resampled to GRID x GRID colour (
 area-like average), mean removed and scaled to unit length; the score is the largest correlation
 over the 182 windows. Unrelated images rarely exceed 0.96; copies that are resized, re-encoded,
 flipped, cropped up to 15% or colour-jittered score above 0.98 (bench/dedup_quality.py).
+
+The same check confirms embedding edges between two pool images (`pair_alignment`), where
+either image may be the crop of the other.
 """
 
 from __future__ import annotations
@@ -95,3 +98,9 @@ def alignment(
                 p = pool_desc[rows[s : s + 4096]]
                 out[sel[s : s + 4096]] = torch.einsum("nwd,nd->nw", e, p).amax(1).cpu().numpy()
     return out
+
+
+def pair_alignment(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Alignment of each pair of images (thumbs[a[k]], thumbs[b[k]]) of one set, in both
+    directions (either may be the cropped one): the larger of the two scores."""
+    return np.maximum(alignment(thumbs, thumbs, a, b), alignment(thumbs, thumbs, b, a))

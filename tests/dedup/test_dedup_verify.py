@@ -137,6 +137,64 @@ def test_centring_separates_unrelated_images_that_raw_non_negative_features_conf
     assert others == ["kept"] * len(others)
 
 
+class QuadrantColourNet(torch.nn.Module):
+    """A real non-negative network that sees only each quadrant's mean colour (a 1x1 convolution
+    whose bias keeps every ReLU active, then 2x2 average pooling): like a poorly trained teacher,
+    it gives unrelated images with the same layout of colours the same features."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 16, 1)
+        with torch.no_grad():
+            self.conv.bias.fill_(2.0)
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1)
+
+
+def colour_twin(img: Image.Image, seed: int) -> Image.Image:
+    """An unrelated textured image given img's quadrant mean colours."""
+    other, base = np.asarray(textured(seed), np.float32), np.asarray(img, np.float32)
+    out = other.copy()
+    for y in (0, 16):
+        for x in (0, 16):
+            q = (slice(y, y + 16), slice(x, x + 16))
+            out[q] = 0.5 * (other[q] - other[q].mean((0, 1))) + base[q].mean((0, 1))
+    return Image.fromarray(np.clip(out, 0, 255).round().astype(np.uint8))
+
+
+def test_feature_only_duplicates_need_the_alignment_check(tmp_path):
+    extractor = TorchExtractor(QuadrantColourNet())
+    images = [textured(500 + k) for k in range(CENTRE_MIN_IMAGES)]
+    twins = [colour_twin(images[k], 900 + k) for k in range(4)]
+    copy = crop(images[10], 0.1, 0.5, 0.5)  # a real duplicate its hash misses at radius 0
+    pool = Pool.create(tmp_path / "pool")
+    shas = pool.add(
+        [NewImage(encode(im), url=f"http://x/{k}") for k, im in enumerate(images + twins)]
+    ).added
+    copy_sha = pool.add([NewImage(encode(copy), url="http://x/copy")]).added[0]
+    feats = extractor(thumbs(images + twins + [copy]))
+    assert (feats >= 0).all()
+    cen = centred(feats, feats.mean(axis=0))
+    # the problem: even centred, each twin's features match its unrelated original's
+    assert min(cen[k] @ cen[len(images) + k] for k in range(4)) > 0.99
+    assert cen[10] @ cen[-1] >= 0.95
+
+    def run(**kw):
+        res = dedup_pool(pool.root, extractor=extractor, model_key="quad", radius=0, sim=0.95, **kw)
+        return res, {r["sha256"]: r for r in pool.manifest().to_pylist()}
+
+    _, unverified = run(verify_sim=-1.0)  # every feature pair accepted: grouping before the check
+    assert {unverified[shas[k]]["status"] for k in range(64, 68)} == {"duplicate"}
+
+    result, rows = run()
+    assert result.embedding_edges["checked"] >= 5 and result.embedding_edges["confirmed"] == 1
+    assert rows[copy_sha]["status"] == "duplicate" and rows[copy_sha]["duplicate_of"] == shas[10]
+    assert rows[copy_sha]["status_reason"].startswith("embedding 0.9")
+    assert [rows[s]["status"] for s in shas] == ["kept"] * len(shas)  # twins included
+
+
 def test_small_pools_are_compared_uncentred(tmp_path):
     pool = Pool.create(tmp_path / "pool")
     pool.add([NewImage(encode(textured(400 + k)), url=f"http://x/{k}") for k in range(3)])
