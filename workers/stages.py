@@ -51,6 +51,7 @@ def run_distill(spec: dict, ctx: JobContext) -> StageResult:
             m = event["metrics"]
             ctx.progress(
                 {"stage": "distill", "epoch": m["epoch"], "epochs": spec["train"].get("epochs"),
+                 "step": m["steps"], "steps": m["steps"],  # the epoch is complete
                  "eval_accuracy": m.get("eval_accuracy"), "loss": m["losses"].get("loss")},
                 force=True,
             )  # fmt: skip
