@@ -144,17 +144,18 @@ class Pool:
         leave the pool untouched. An image already stored is not stored again; a find of it
         under a new URL is recorded in finds/.
         """
+        shas = [sha256_hex(item.data) for item in items]  # hashed once per item
         rows: dict[str, dict] = {}
-        for item in items:
+        for sha, item in zip(shas, items, strict=True):
             try:
                 info = inspect_image(item.data, **image_limits)
             except InvalidImage as exc:
                 raise PoolError(f"{item.url}: {exc}") from None
-            rows.setdefault(sha256_hex(item.data), self._row(item, info))
+            rows.setdefault(sha, self._row(sha, item, info))
         classes = self.classes()
         for row in rows.values():
             self._resolve_class(row, classes)
-        data_by_sha = {sha256_hex(i.data): i.data for i in items}
+        data_by_sha = {sha: item.data for sha, item in zip(shas, items, strict=True)}
 
         # Content-addressed writes are idempotent, so they need no lock.
         for sha, row in rows.items():
@@ -177,7 +178,7 @@ class Pool:
                 manifest.write(
                     self.manifest_path, manifest.concat(table, manifest.table_from_rows(new_rows))
                 )
-            refinds = self._new_finds(items, known, new_rows)
+            refinds = self._new_finds(shas, items, known, new_rows)
             if refinds:
                 self.finds_dir.mkdir(exist_ok=True)
                 part = (
@@ -187,7 +188,9 @@ class Pool:
                 result.finds_recorded = len(refinds)
         return result
 
-    def _new_finds(self, items, known: dict[str, str], new_rows: list[dict]) -> list[dict]:
+    def _new_finds(
+        self, shas: list[str], items, known: dict[str, str], new_rows: list[dict]
+    ) -> list[dict]:
         """Finds of images already stored (or repeated in this batch) under a URL not yet seen."""
         previous = self.finds()
         seen = set(known.items()) | {(r["sha256"], r["url"]) for r in new_rows}
@@ -196,8 +199,8 @@ class Pool:
                 zip(previous["sha256"].to_pylist(), previous["url"].to_pylist(), strict=True)
             )
         finds = []
-        for item in items:
-            key = (sha256_hex(item.data), item.url)
+        for sha, item in zip(shas, items, strict=True):
+            key = (sha, item.url)
             if key not in seen:
                 seen.add(key)
                 finds.append(
@@ -214,8 +217,7 @@ class Pool:
         return finds
 
     @staticmethod
-    def _row(item: NewImage, info) -> dict:
-        sha = sha256_hex(item.data)
+    def _row(sha: str, item: NewImage, info) -> dict:
         return {
             "sha256": sha,
             "path": f"images/{sha[:2]}/{sha}.{extension_for(info.format)}",

@@ -9,15 +9,10 @@ import argparse
 import sys
 
 from crawler.cli import register as register_crawler
-from crawler.errors import CrawlError
 from dedup.cli import register as register_dedup
-from dedup.errors import DedupError
 from distill.cli import register as register_distill
-from distill.errors import DistillError
 from pool.cli import register as register_pool
-from pool.errors import PoolError
-from workers.artifacts import ArtifactError
-from workers.config import ConfigError
+from workers.errors import USER_ERRORS
 from workers.jobs_cli import register as register_jobs
 from workers.submit_cli import register as register_submit
 
@@ -39,16 +34,6 @@ STAGE_CLIS = [
     register_submit,
     register_jobs,
 ]
-
-# Exceptions that mean "the user's input is wrong": printed as one line, exit status 2.
-USER_ERRORS: tuple[type[Exception], ...] = (
-    PoolError,
-    CrawlError,
-    DedupError,
-    DistillError,
-    ConfigError,
-    ArtifactError,
-)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import redis
 
 from workers.artifacts import ArtifactStore
+from workers.errors import USER_ERRORS
 from workers.jobs import TERMINAL, Job, JobStore
 
 log = logging.getLogger(__name__)
@@ -165,15 +166,9 @@ def execute_job(
 def _one_line(exc: Exception) -> str:
     """User errors carry their own one-line message; anything else is prefixed by its type."""
     first = (str(exc).strip().splitlines() or [""])[0]
-    if _is_user_error(exc):
+    if isinstance(exc, USER_ERRORS):
         return first or type(exc).__name__
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-def _is_user_error(exc: Exception) -> bool:
-    from workers.cli import USER_ERRORS
-
-    return isinstance(exc, USER_ERRORS)
 
 
 def _update_parent(store: JobStore, job: Job, status: str, error: str = "") -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from functools import cache
 
 import redis
@@ -69,13 +70,12 @@ def _start_recovery(**_kwargs) -> None:
     """Every worker watches for jobs whose worker died and requeues them."""
 
     def loop() -> None:
-        stop = threading.Event()
         while True:
             try:
                 for job_id in recover_stale_jobs(job_store(), enqueue):
                     log.warning("requeued %s: its worker stopped renewing the lease", job_id)
             except redis.exceptions.ConnectionError:
                 pass  # redis restarting; try again next round
-            stop.wait(settings().recover_interval)
+            time.sleep(settings().recover_interval)
 
     threading.Thread(target=loop, name="kd3-recovery", daemon=True).start()
