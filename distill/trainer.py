@@ -460,11 +460,10 @@ class Trainer:
         return out
 
     def kd3_terms(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """L_WFA (+ gamma L_con with MixDistribution); the student sees x and x~ together."""
+        """L_WFA (+ gamma L_con with MixDistribution), as the released code computes them: the
+        teacher and the alignment see the clean batch x only; the perturbed batch x~ goes through
+        the student's backbone, in its own train-mode pass, for the contrastive term alone."""
         cfg = self.cfg
-        b = x.shape[0]
-        if cfg.mixing:
-            x = torch.cat([x, kd3.mix_distribution(x, cfg.mix_alpha, gen)])
         with torch.no_grad():
             h_t = self.teacher.forward_features(x)
             z_t = self.teacher.head(self.teacher.pool(h_t))
@@ -475,16 +474,24 @@ class Trainer:
             z_s = self.student.head(self.student.pool(h_s))
             w = kd3.instance_weights(z_s, z_t)
             terms["wfa"] = kd3.wfa_loss(h_s, h_t, w)
+            backbone = self.student.backbone
         else:  # ablation without classifier sharing: the student's own classifier, Hinton KD
             f_s = self.student.forward_features(x)
             z_s = self.student.head(self.student.pool(f_s))
             terms["kd"] = baselines.kd_loss(z_s, z_t, cfg.kd_temperature)
+            backbone = self.student
         if cfg.kd_weight > 0 and self.shared:
             terms["kd"] = cfg.kd_weight * baselines.kd_loss(z_s, z_t, cfg.kd_temperature)
         if cfg.mixing:
-            e = self.trainable["contrast"](torch.flatten(F.adaptive_avg_pool2d(f_s, 1), 1).float())
+            f_mix = backbone.forward_features(kd3.mix_distribution(x, cfg.mix_alpha, gen))
+            e = self.trainable["contrast"](torch.cat([self._pooled(f_s), self._pooled(f_mix)]))
+            b = x.shape[0]
             terms["contrast"] = cfg.gamma * kd3.nt_xent(e[:b], e[b:], cfg.nt_temperature)
         return terms
+
+    @staticmethod
+    def _pooled(fmap: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1).float()
 
 
 def eval_metrics(acc: Accuracy) -> dict:
