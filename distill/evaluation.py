@@ -15,12 +15,19 @@ def autocast_for(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def inference_batch_size(device: torch.device) -> int:
+    """Images per inference batch: large on a GPU; on a CPU, batches of 1024 ran ~2x slower
+    than 64-256 (activations fall out of cache), measured with ResNet-20 at 32x32."""
+    return 1024 if device.type == "cuda" else 128
+
+
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, norm: Normalizer, batch_size: int = 1024
+    model: nn.Module, images: torch.Tensor, norm: Normalizer, batch_size: int | None = None
 ) -> torch.Tensor:
     """Logits (N, C) in float32 on the images' device, model in eval mode, no augmentation."""
     device = norm.mean.device
+    batch_size = batch_size or inference_batch_size(device)
     was_training = model.training
     model.eval()
     out = []

@@ -31,7 +31,13 @@ from distill import baselines, kd3
 from distill.checkpoints import ModelMeta, atomic_save, read_checkpoint_file, save_model
 from distill.data import ImageSet, Normalizer
 from distill.errors import DistillError, TrainingCancelled
-from distill.evaluation import Accuracy, autocast_for, evaluate, predict_logits
+from distill.evaluation import (
+    Accuracy,
+    autocast_for,
+    evaluate,
+    inference_batch_size,
+    predict_logits,
+)
 from distill.models import create_model
 
 METHODS = ("kd3", "kd", "dfnd", "random", "supervised")
@@ -65,8 +71,8 @@ class TrainConfig:
     kd_temperature: float = 4.0
     subset_fraction: float = 0.5  # DFND's top-N and random's subset, as a share of the pool
     dfnd_teacher_accuracy: float | None = None  # default: teacher's mean confidence on top-N
-    # Inference batch for the selection pass and evaluation
-    infer_batch_size: int = 1024
+    # Inference batch for the selection pass and DFND's ranking (None: by device)
+    infer_batch_size: int | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -182,6 +188,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
+        self.infer_batch = cfg.infer_batch_size or inference_batch_size(self.device)
         self.fixed_subset: torch.Tensor | None = None
         self.subset_info: dict = {}
         self.history: list[dict] = []
@@ -297,7 +304,7 @@ class Trainer:
         count = max(1, round(cfg.subset_fraction * n))
         if cfg.method == "dfnd":
             logits = predict_logits(
-                self.teacher, self.train_set.images, self.norm, cfg.infer_batch_size
+                self.teacher, self.train_set.images, self.norm, self.infer_batch
             )
             conf = torch.softmax(logits, 1).max(1).values
             self.fixed_subset = baselines.top_confident(conf.cpu(), count)
@@ -318,7 +325,7 @@ class Trainer:
             subset = self.fixed_subset if self.fixed_subset is not None else torch.arange(n)
             logits = predict_logits(
                 self.teacher, self.train_set.images[subset.to(self.device)], self.norm,
-                cfg.infer_batch_size,
+                self.infer_batch,
             )  # fmt: skip
             self.subset_info = self._precision(subset, logits.argmax(1).cpu())
 
@@ -370,7 +377,7 @@ class Trainer:
         z_t, z_s = [], []
         images = self.train_set.images
         with autocast_for(self.device):
-            for part in images.split(self.cfg.infer_batch_size):
+            for part in images.split(self.infer_batch):
                 x = self.norm.train(part, gen, self.cfg.crop_scale)
                 if share > 0:
                     z_t.append(self.teacher(x).float())
