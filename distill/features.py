@@ -15,7 +15,7 @@ import numpy as np
 
 
 def load_feature_extractor(
-    checkpoint_path, device=None, batch_size: int = 512, **load_kwargs
+    checkpoint_path, device=None, batch_size: int | None = None, **load_kwargs
 ) -> Callable[[np.ndarray], np.ndarray]:
     """`load_kwargs` (arch, num_classes, mean, std, input_size) are for bare state_dicts."""
     import torch
@@ -23,11 +23,12 @@ def load_feature_extractor(
     from distill.checkpoints import load_model
     from distill.data import Normalizer
     from distill.errors import DistillError
-    from distill.evaluation import autocast_for
+    from distill.evaluation import autocast_for, inference_batch_size
     from distill.trainer import pick_device
 
     model, meta = load_model(checkpoint_path, **load_kwargs)
     device = pick_device(device)
+    batch_size = batch_size or inference_batch_size(device)
     model = model.to(device, memory_format=torch.channels_last).eval()
     norm = Normalizer(meta.mean, meta.std, meta.input_size, device, channels_last=True)
 
