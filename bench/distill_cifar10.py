@@ -49,6 +49,10 @@ class Preset:
     lr: float = 0.05
     batch_size: int = 256
     teacher_batch_size: int = 256
+    # the teacher's recipe (kd3 train-teacher's defaults): SGD nesterov, one-cycle lr, pad-crop
+    teacher_schedule: str = "onecycle"
+    teacher_nesterov: bool = True
+    teacher_augment: str = "padcrop"
     limit_train: int | None = None  # images of each file used (None: all)
     limit_pool: int | None = None
     limit_test: int | None = None
@@ -56,7 +60,9 @@ class Preset:
 
 PRESETS = {
     # ResNet-20 teacher, ResNet-8 students: about an hour on 2 CPU cores
-    "cpu": Preset("resnet20", "resnet8", teacher_epochs=12, teacher_lr=0.1, epochs=20),
+    "cpu": Preset(
+        "resnet20", "resnet8", teacher_epochs=12, teacher_lr=0.2, teacher_batch_size=128, epochs=20
+    ),
     # paper scale (ResNet-34 -> ResNet-18, CIFAR-style stems), sized from estimates (not yet
     # measured) for ~10 minutes on one H100
     "gpu": Preset(
@@ -73,23 +79,38 @@ QUICK = {"teacher_epochs": 2, "epochs": 2, "limit_train": 4000, "limit_pool": 20
 QUICK["limit_test"] = 1000
 VAL_SIZE = 5000  # CIFAR-10 training images used to compare settings (never the test set)
 
-# name -> (method, TrainConfig overrides). The first six are the faithful methods; the last
-# three are KD3 with one component switched off.
+# name -> (method, TrainConfig overrides). The main comparison: the baselines, the default
+# KD3 recipe and the paper's.
 RUNS = {
     "student_on_original": ("supervised", {}),
     "kd": ("kd", {}),
     "dfnd": ("dfnd", {}),
     "random": ("random", {}),
     "kd3": ("kd3", {}),
+    "kd3-paper": ("kd3-paper", {}),
+}
+MAIN = ["kd", "dfnd", "random", "kd3", "kd3-paper"]
+RRC_008 = {"augment": "rrc", "crop_scale": (0.08, 1.0)}
+# One factor at a time (run when named with --runs; compare on the val column).
+ABLATIONS = {
+    # augmentation, for KD and for KD3 alike
+    "kd_rrc0.08": ("kd", RRC_008),
+    "kd_rrc0.35": ("kd", {"augment": "rrc", "crop_scale": (0.35, 1.0)}),
+    "kd3-paper_padcrop": ("kd3-paper", {"augment": "padcrop"}),
+    "kd3_rrc0.08": ("kd3", RRC_008),
+    # batch size (twice the optimizer steps)
+    "kd_b128": ("kd", {"batch_size": 128}),
+    "kd3_b128": ("kd3", {"batch_size": 128}),
+    # schedule length: does the paper's recipe catch up later?
+    "kd3-paper_60ep": ("kd3-paper", {"epochs": 60}),
+    "kd_60ep": ("kd", {"epochs": 60}),
+    # the default's parts, one at a time
+    "kd3_no_kd_term": ("kd3", {"kd_weight": 0.0}),
+    "kd3_paper_selection": ("kd3", {"selection_rule": "paper", "share_floor": 0.0}),
     "kd3_no_selection": ("kd3", {"selection": False}),
     "kd3_no_sharing": ("kd3", {"sharing": False}),
     "kd3_no_mixing": ("kd3", {"mixing": False}),
-}
-# Extensions, run only when named with --runs: KD3 plus a Hinton KD term on the shared head's
-# logits, and KD3 with the teacher's share in the selection kept at 0.5 or more.
-VARIANTS = {
-    "kd3_plus_kd": ("kd3", {"kd_weight": 1.0}),
-    "kd3_share_floor": ("kd3", {"share_floor": 0.5}),
+    "kd3-paper_no_selection": ("kd3-paper", {"selection": False}),
 }
 
 
@@ -104,6 +125,7 @@ class RunRow:
     selected_mean: float | None = None
     seconds_per_epoch: float | None = None
     images_per_second: float | None = None
+    seed: int = 0
     history: list = field(default_factory=list)
 
 
@@ -145,6 +167,9 @@ def train_teacher(preset: Preset, train: ImageSet, cache: Path, device) -> Path:
                 preset.limit_train,
                 preset.teacher_batch_size,
                 len(train),
+                preset.teacher_schedule,
+                preset.teacher_nesterov,
+                preset.teacher_augment,
             ]
         ).encode()  # fmt: skip
     ).hexdigest()[:12]
@@ -159,6 +184,9 @@ def train_teacher(preset: Preset, train: ImageSet, cache: Path, device) -> Path:
         epochs=preset.teacher_epochs,
         batch_size=preset.teacher_batch_size,
         lr=preset.teacher_lr,
+        schedule=preset.teacher_schedule,
+        nesterov=preset.teacher_nesterov,
+        augment=preset.teacher_augment,
         crop_scale=(0.35, 1.0),
     )
     print(f"teacher: training {preset.teacher} for {preset.teacher_epochs} epochs", flush=True)
@@ -193,26 +221,27 @@ def fmt(value, spec=".4f"):
 
 def print_table(rows: list[RunRow], teacher_acc: float, teacher_covered: float) -> None:
     print()
-    header = (f"{'run':<22} {'final':>7} {'covered7':>8} {'best':>7} {'val':>7} {'sel.prec':>8} "
+    header = (f"{'run':<22} {'seed':>4} {'final':>7} {'covered7':>8} {'best':>7} {'val':>7} {'sel.prec':>8} "
               f"{'|S_e|':>7} {'s/epoch':>8} {'img/s':>7}")  # fmt: skip
     print(header)
     print("-" * len(header))
-    print(f"{'teacher':<22} {teacher_acc:>7.4f} {teacher_covered:>8.4f}")
+    print(f"{'teacher':<22} {'':>4} {teacher_acc:>7.4f} {teacher_covered:>8.4f}")
     for r in rows:
         print(
-            f"{r.name:<22} {r.final_accuracy:>7.4f} {fmt(r.final_covered):>8} "
+            f"{r.name:<22} {r.seed:>4} {r.final_accuracy:>7.4f} {fmt(r.final_covered):>8} "
             f"{r.best_accuracy:>7.4f} {fmt(r.val_accuracy):>7} "
             f"{fmt(r.selection_precision, '.3f'):>8} "
             f"{fmt(r.selected_mean, '.0f'):>7} {fmt(r.seconds_per_epoch, '.1f'):>8} "
             f"{fmt(r.images_per_second, '.0f'):>7}"
         )
     by_name = {r.name: r for r in rows}
-    if "kd" in by_name and "kd3" in by_name:
-        ratio = by_name["kd3"].seconds_per_epoch / by_name["kd"].seconds_per_epoch
-        print(f"\nKD3 seconds per epoch / KD seconds per epoch: {ratio:.2f}")
-        kd3_history = by_name["kd3"].history
-        select = np.mean([m["selection_seconds"] for m in kd3_history])
-        print(f"KD3 selection pass: {select:.1f} s per epoch on average")
+    for name in ("kd3", "kd3-paper"):
+        if "kd" in by_name and name in by_name:
+            ratio = by_name[name].seconds_per_epoch / by_name["kd"].seconds_per_epoch
+            print(f"\n{name} seconds per epoch / KD seconds per epoch: {ratio:.2f}")
+            history = by_name[name].history
+            select = np.mean([m["selection_seconds"] for m in history])
+            print(f"{name} selection pass: {select:.1f} s per epoch on average")
 
 
 def print_selection(rows: list[RunRow], class_names: list[str]) -> None:
@@ -235,7 +264,7 @@ def print_selection(rows: list[RunRow], class_names: list[str]) -> None:
         for m in history:
             if m["epoch"] not in picks:
                 continue
-            tau = class_thresholds(m["argmax_counts"]).tolist()
+            tau = m.get("thresholds") or class_thresholds(m["argmax_counts"]).tolist()
             print(f"  epoch {m['epoch']} (a_e {m['teacher_share']:.3f}): "
                   "class N_c tau_c selected precision")  # fmt: skip
             per_prec = m.get("selection_precision_per_class") or [None] * len(tau)
@@ -244,17 +273,64 @@ def print_selection(rows: list[RunRow], class_names: list[str]) -> None:
                       f"{m['selected_per_class'][c]:>6} {fmt(per_prec[c], '.3f'):>6}")  # fmt: skip
 
 
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f}"
+
+
+def print_seeds(by_name: dict[str, list[RunRow]]) -> dict:
+    """Mean ± std over seeds per run, and each run's margin over KD (paired by seed)."""
+    print("\nover seeds (mean ± sample std; margin = run - kd, paired by seed)")
+    header = (f"{'run':<22} {'n':>2} {'final':>16} {'covered7':>16} {'val':>16} "
+              f"{'margin final':>16} {'margin cov7':>16} {'sel.prec':>8} {'s/epoch':>8}")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    kd = {r.seed: r for r in by_name.get("kd", [])}
+    summary = {}
+    for name, rows in by_name.items():
+        final = [r.final_accuracy for r in rows]
+        covered = [r.final_covered for r in rows if r.final_covered is not None]
+        val = [r.val_accuracy for r in rows if r.val_accuracy is not None]
+        paired = [r for r in rows if r.seed in kd]
+        margin = [r.final_accuracy - kd[r.seed].final_accuracy for r in paired]
+        margin7 = [r.final_covered - kd[r.seed].final_covered for r in paired
+                   if r.final_covered is not None]  # fmt: skip
+        precision = [r.selection_precision for r in rows if r.selection_precision is not None]
+        seconds = [r.seconds_per_epoch for r in rows]
+        print(f"{name:<22} {len(rows):>2} {mean_std(final):>16} {mean_std(covered):>16} "
+              f"{mean_std(val):>16} {mean_std(margin) if name != 'kd' else '':>16} "
+              f"{mean_std(margin7) if name != 'kd' else '':>16} "
+              f"{fmt(float(np.mean(precision)) if precision else None, '.3f'):>8} "
+              f"{float(np.mean(seconds)):>8.1f}")  # fmt: skip
+        summary[name] = {
+            "seeds": [r.seed for r in rows],
+            "final": final,
+            "covered7": covered,
+            "val": val,
+            "best": [r.best_accuracy for r in rows],
+            "margin_over_kd": margin if name != "kd" else None,
+            "margin_over_kd_covered7": margin7 if name != "kd" else None,
+            "selection_precision": precision,
+            "seconds_per_epoch": seconds,
+        }
+    return summary
+
+
 def main(argv=None) -> int:
+    every = {**RUNS, **ABLATIONS}
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny version to check the script")
     parser.add_argument("--epochs", type=int, help="student epochs (overrides the preset)")
     parser.add_argument("--teacher-epochs", type=int)
-    parser.add_argument("--runs", help=f"comma list from {', '.join([*RUNS, *VARIANTS])}")
+    parser.add_argument("--runs", help=f"comma list from {', '.join(every)}; 'main' = {MAIN}")
     parser.add_argument("--data-dir", help="folder with the npz files (default ../shared/data)")
     parser.add_argument("--out", help="results folder (default runs/bench-distill-cifar10-PRESET)")
+    parser.add_argument("--results", help="also write the per-seed summary JSON here")
     parser.add_argument("--device")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma list of seeds, e.g. 0,1,2")
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset]
@@ -264,10 +340,13 @@ def main(argv=None) -> int:
         preset.epochs = args.epochs
     if args.teacher_epochs:
         preset.teacher_epochs = args.teacher_epochs
-    names = args.runs.split(",") if args.runs else list(RUNS)
-    unknown = [n for n in names if n not in RUNS and n not in VARIANTS]
+    names = []
+    for item in (args.runs or "main").split(","):
+        names += MAIN if item == "main" else [item]
+    unknown = [n for n in names if n not in every]
     if unknown:
         sys.exit(f"bench: unknown runs {unknown}")
+    seeds = [int(v) for v in args.seeds.split(",")]
     suffix = "-quick" if args.quick else ""
     out = Path(args.out or ROOT / "runs" / f"bench-distill-cifar10-{args.preset}{suffix}")
     cache = ROOT / ".cache" / "bench"
@@ -290,42 +369,51 @@ def main(argv=None) -> int:
     t_acc = evaluate(teacher.to(dev), test.to(dev), Normalizer(meta.mean, meta.std, 32, dev), 10)
     print(f"teacher {preset.teacher}: test accuracy {t_acc.overall:.4f}", flush=True)
 
-    rows = []
-    for name in names:
-        method, overrides = {**RUNS, **VARIANTS}[name]
-        cfg = TrainConfig(method=method, student=preset.student, epochs=preset.epochs,
-                          batch_size=preset.batch_size, lr=preset.lr, seed=args.seed,
-                          **overrides)  # fmt: skip
-        print(f"\n== {name} ({method} {overrides or ''})", flush=True)
-        run_dir = out / name
-        if method == "supervised":
-            trainer = Trainer(cfg, train, run_dir, eval_set=test, device=device)
-        else:
-            trainer = Trainer(cfg, pool, run_dir, teacher, meta, test, device=device)
-        result = trainer.run(resume=True)
-        val_acc = None
-        if method != "supervised":  # the supervised student trains on the val images
-            student = trainer.student.to(dev)
-            val_acc = evaluate(student, val.to(dev), trainer.norm, 10).overall
-        rows.append(summarise(name, result.history, covered, val_acc))
+    rows, by_name = [], {}
+    for seed in seeds:
+        for name in names:
+            method, overrides = every[name]
+            settings = {"student": preset.student, "epochs": preset.epochs,
+                        "batch_size": preset.batch_size, "lr": preset.lr, "seed": seed}  # fmt: skip
+            cfg = TrainConfig(method=method, **{**settings, **overrides})
+            print(f"\n== {name} seed {seed} ({method} {overrides or ''})", flush=True)
+            run_dir = out / name if seed == 0 else out / f"{name}-seed{seed}"
+            if method == "supervised":
+                trainer = Trainer(cfg, train, run_dir, eval_set=test, device=device)
+            else:
+                trainer = Trainer(cfg, pool, run_dir, teacher, meta, test, device=device)
+            result = trainer.run(resume=True)
+            val_acc = None
+            if method != "supervised":  # the supervised student trains on the val images
+                student = trainer.student.to(dev)
+                val_acc = evaluate(student, val.to(dev), trainer.norm, 10).overall
+            row = summarise(name, result.history, covered, val_acc)
+            row.seed = seed
+            rows.append(row)
+            by_name.setdefault(name, []).append(row)
 
     print_table(rows, t_acc.overall, t_acc.on_classes(covered))
-    print_selection(rows, list(meta.class_names))
+    print_selection([r for r in rows if r.seed == seeds[0]], list(meta.class_names))
+    seed_summary = print_seeds(by_name)
     results = {
         "preset": args.preset,
         "quick": args.quick,
         "settings": asdict(preset),
-        "sizes": {"train": len(train), "pool": len(pool), "test": len(test)},
+        "seeds": seeds,
+        "sizes": {"train": len(train), "pool": len(pool), "test": len(test), "val": len(val)},
         "covered_classes": covered,
         "teacher": {"arch": preset.teacher, "accuracy": t_acc.overall,
                     "covered": t_acc.on_classes(covered), "checkpoint": str(teacher_path)},
-        "runs": [asdict(r) for r in rows],
+        "runs": seed_summary,
+        "per_run": [{k: v for k, v in asdict(r).items() if k != "history"} for r in rows],
         "torch_threads": torch.get_num_threads(),
         "device": str(dev),
         "total_seconds": time.perf_counter() - start,
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.results:
+        Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {out / 'results.json'} ({results['total_seconds']:.0f} s in all)")
     return 0
 

@@ -37,13 +37,48 @@ def _load_kwargs(args, flag: str) -> dict:
     }
 
 
-def _add_training(parser, epochs: int, lr: float) -> None:
+# The distillation methods (distill/methods; a test checks this list against the registry,
+# kept here so that `kd3 --help` does not import torch).
+DISTILL_METHODS = ("kd3", "kd3-paper", "kd", "dfnd", "random")
+METHOD_HELP = """method (default %(default)s):
+kd3 = KD3's three components with the recipe chosen on validation runs, which deviates from
+the paper in: pad-4 random crop + flip instead of RandomResizedCrop(0.08-1); a Hinton KD term
+(T=4, weight 1) on the shared head's logits beside the feature alignment; the robust selection
+rule (teacher share >= 0.5, class thresholds clamped to [0.5, 0.8], selection on clean views);
+kd3-paper = the paper's released recipe (RandomResizedCrop(0.08-1), feature alignment only,
+FlexMatch thresholds, teacher share ramping to 0 at E/2); kd = Hinton KD on the whole pool;
+dfnd = KD + noise adaptation on the teacher's most confident half; random = KD on a random half"""
+
+
+def _add_training(
+    parser, epochs: int, lr: float, batch_size: int, schedule: str, nesterov: bool
+) -> None:
     t = parser.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=epochs)
-    t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--lr", type=float, default=lr)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
+    t.add_argument("--epochs", type=int, default=epochs, help="default %(default)s")
+    t.add_argument("--batch-size", type=int, default=batch_size, help="default %(default)s")
+    t.add_argument("--lr", type=float, default=lr, help="peak learning rate, default %(default)s")
+    t.add_argument("--weight-decay", type=float, default=5e-4, help="default %(default)s")
+    t.add_argument(
+        "--schedule",
+        choices=("cosine", "step", "onecycle"),
+        default=schedule,
+        help="lr schedule, default %(default)s",
+    )
+    t.add_argument(
+        "--nesterov",
+        action=argparse.BooleanOptionalAction,
+        default=nesterov,
+        help="SGD with Nesterov momentum (default %(default)s)",
+    )
+    t.add_argument(
+        "--augment",
+        choices=("rrc", "padcrop"),
+        help="padcrop: pad-4 random crop + flip; rrc: RandomResizedCrop + flip "
+        "(default: the method's; padcrop for all but kd3-paper)",
+    )
+    t.add_argument(
+        "--crop-scale-min", type=float, help="rrc's smallest crop area (default: the method's)"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     t.add_argument("--out", required=True, metavar="DIR")
@@ -57,18 +92,22 @@ def register(subparsers) -> None:
     src.add_argument("--pool", metavar="POOL", help="pool directory (its kept images)")
     src.add_argument("--pool-npz", metavar="NPZ", help="images in an .npz ('x' or JPEG form)")
     d.add_argument("--student", default="resnet8", metavar="ARCH")
-    d.add_argument("--method", default="kd3", choices=("kd3", "kd", "dfnd", "random"))
+    d.add_argument("--method", default="kd3", choices=DISTILL_METHODS, help=METHOD_HELP)
     d.add_argument("--eval", metavar="POOL|NPZ", help="labelled evaluation data")
-    _add_training(d, epochs=20, lr=0.05)
-    k = d.add_argument_group("KD3 components and extensions")
+    _add_training(d, epochs=20, lr=0.05, batch_size=256, schedule="cosine", nesterov=False)
+    k = d.add_argument_group("KD3 components and settings (default: the method's recipe)")
     k.add_argument("--no-selection", action="store_true", help="train on the whole pool")
     k.add_argument("--no-sharing", action="store_true", help="own classifier + KD instead of WFA")
     k.add_argument("--no-mixing", action="store_true", help="no MixDistribution/contrast")
-    k.add_argument("--tau", type=float, default=0.95)
-    k.add_argument("--gamma", type=float, default=0.001)
-    k.add_argument("--kd-weight", type=float, default=0.0, help="extension: add w * KD loss")
-    k.add_argument("--share-floor", type=float, default=0.0, help="extension: a_e >= floor")
-    k.add_argument("--crop-scale-min", type=float, default=0.08)
+    k.add_argument(
+        "--selection-rule", choices=("paper", "robust"), help="kd3: robust; kd3-paper: paper"
+    )
+    k.add_argument("--tau", type=float, default=0.95, help="FlexMatch tau, default %(default)s")
+    k.add_argument("--tau-min", type=float, default=0.5, help="robust rule: threshold floor")
+    k.add_argument("--tau-max", type=float, default=0.8, help="robust rule: threshold cap")
+    k.add_argument("--gamma", type=float, default=0.001, help="contrastive weight")
+    k.add_argument("--kd-weight", type=float, help="KD term on the shared head (kd3: 1)")
+    k.add_argument("--share-floor", type=float, help="floor under the teacher share (kd3: 0.5)")
     k.add_argument("--subset-fraction", type=float, default=0.5, help="DFND/random subset size")
     _add_teacher_loading(d, "teacher")
     d.set_defaults(func=cmd_distill)
@@ -77,11 +116,10 @@ def register(subparsers) -> None:
     t.add_argument("--data", required=True, metavar="POOL|NPZ", help="labelled training data")
     t.add_argument("--arch", default="resnet20", metavar="ARCH")
     t.add_argument("--eval", metavar="POOL|NPZ")
-    t.add_argument("--crop-scale-min", type=float, default=0.35)
     t.add_argument(
         "--input-size", type=int, help="image size (default: an npz's own, else the arch's)"
     )
-    _add_training(t, epochs=30, lr=0.1)
+    _add_training(t, epochs=30, lr=0.2, batch_size=128, schedule="onecycle", nesterov=True)
     t.set_defaults(func=cmd_train_teacher)
 
     e = subparsers.add_parser("evaluate", help="accuracy of a checkpoint on labelled data")
@@ -120,8 +158,10 @@ def _training(args: argparse.Namespace) -> dict:
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "schedule": args.schedule,
+        "nesterov": args.nesterov,
         "seed": args.seed,
-        "crop_scale": (args.crop_scale_min, 1.0),
+        "augment": args.augment,
+        "crop_scale": None if args.crop_scale_min is None else (args.crop_scale_min, 1.0),
     }
 
 
@@ -142,7 +182,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         selection=not args.no_selection,
         sharing=not args.no_sharing,
         mixing=not args.no_mixing,
+        selection_rule=args.selection_rule,
         tau=args.tau,
+        tau_min=args.tau_min,
+        tau_max=args.tau_max,
         gamma=args.gamma,
         kd_weight=args.kd_weight,
         share_floor=args.share_floor,

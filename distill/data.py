@@ -145,8 +145,13 @@ class Normalizer:
         generator: torch.Generator,
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        augment: str = "rrc",
     ) -> torch.Tensor:
-        """RandomResizedCrop(size, scale, ratio) + horizontal flip + normalise, batched."""
+        """A training view of every image, batched: augment "rrc" is RandomResizedCrop(size,
+        scale, ratio) + horizontal flip; "padcrop" is the CIFAR recipe, a random crop of the
+        image zero-padded by size/8 pixels (4 at 32 px) + horizontal flip. Then normalise."""
+        if augment == "padcrop":
+            return self._pad_crop(batch, generator)
         x = self._to_float(batch)
         theta = random_resized_crop_theta(
             x.shape[0], x.shape[-1], x.shape[-2], scale, ratio, generator
@@ -160,6 +165,29 @@ class Normalizer:
             align_corners=False,
         )
         return x.contiguous(memory_format=self.memory_format)
+
+    def _pad_crop(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = self._to_float(batch)
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+        theta = pad_crop_theta(x.shape[0], self.size, max(1, self.size // 8), generator)
+        grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+        # Integer shifts sample exact pixels; outside the image is black, as torchvision's pad.
+        x = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def pad_crop_theta(n: int, size: int, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Affine matrices (n, 2, 3): a shift by a whole number of pixels in [-pad, pad] on each
+    axis (RandomCrop(size, padding=pad)) and a random horizontal flip."""
+    shift = torch.randint(-pad, pad + 1, (n, 2), generator=generator).double()
+    flip = torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)
+    theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = 2 * shift / size
+    return theta.float()
 
 
 def random_resized_crop_theta(

@@ -47,14 +47,19 @@ class Selection:
 
 
 def select_instances(
-    z_t: torch.Tensor, z_s: torch.Tensor, share: float, tau: float = 0.95
+    z_t: torch.Tensor,
+    z_s: torch.Tensor,
+    share: float,
+    tau: float = 0.95,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> Selection:
-    """S_e = {i : p_i > tau_{y_i}} from the blended logits z = a z_T + (1 - a) z_S."""
+    """S_e = {i : p_i > tau_{y_i}} from the blended logits z = a z_T + (1 - a) z_S, with the
+    class thresholds clamped into `bounds` ((0, 1), no clamp, is the paper's rule)."""
     q = torch.softmax(share * z_t.float() + (1.0 - share) * z_s.float(), dim=1)
     conf, labels = q.max(dim=1)
     num_classes = q.shape[1]
     counts = torch.bincount(labels, minlength=num_classes)
-    thresholds = class_thresholds(counts, tau).to(conf.device, torch.float32)
+    thresholds = class_thresholds(counts, tau).clamp(*bounds).to(conf.device, torch.float32)
     mask = conf > thresholds[labels]
     return Selection(
         mask=mask,

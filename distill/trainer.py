@@ -1,7 +1,8 @@
-"""One trainer for every method: kd3 (components switchable), kd, dfnd, random, supervised.
+"""One trainer for every method (distill/methods: kd3, kd3-paper, kd, dfnd, random, supervised).
 
-Each epoch: choose the images to train on (KD3's selection pass, DFND's/random's fixed subset,
-or all), train on them in shuffled batches with batched tensor augmentation, evaluate, then
+Each epoch: the method chooses the images to train on (KD3's selection pass, DFND's/random's
+fixed subset, or all), the trainer trains on them in shuffled batches with batched tensor
+augmentation and the method's loss, evaluates, then
 write OUT/state.pt (everything needed to resume) and OUT/metrics.jsonl. Every random draw of
 epoch e comes from generators seeded with (seed, e), so a run resumed from the checkpoint of
 epoch e continues exactly as the uninterrupted run would have.
@@ -23,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from distill import baselines, kd3
+from distill import diagnostics
 from distill.checkpoints import ModelMeta, atomic_save, read_checkpoint_file, save_model
 from distill.data import ImageSet, Normalizer
 from distill.errors import DistillError, TrainingCancelled
@@ -38,9 +38,19 @@ from distill.evaluation import (
     inference_batch_size,
     predict_logits,
 )
+from distill.methods import Context, method_class
 from distill.models import create_model
 
-METHODS = ("kd3", "kd", "dfnd", "random", "supervised")
+SCHEDULES = ("cosine", "step", "onecycle")
+AUGMENTS = ("rrc", "padcrop")
+# Defaults of the fields a method's recipe may set (distill/methods), where it sets none.
+RECIPE_FIELDS = {
+    "augment": "padcrop",
+    "crop_scale": (0.35, 1.0),
+    "selection_rule": "paper",
+    "kd_weight": 0.0,
+    "share_floor": 0.0,
+}
 
 
 @dataclass
@@ -52,21 +62,28 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine (per step) or step (x0.1 at 150/180/210 of 240, scaled)
+    # cosine (per step), step (x0.1 at 150/180/210 of 240, scaled) or onecycle (linear warm-up
+    # from lr/25 over the first 30% of steps, then cosine to ~0, as torch's OneCycleLR)
+    schedule: str = "cosine"
+    nesterov: bool = False
     seed: int = 0
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    # KD3 components (all on = the faithful method) and its constants
+    # None: the method's recipe decides (distill/methods); RECIPE_FIELDS where it does not.
+    # augment rrc: RandomResizedCrop(crop_scale) + flip; padcrop: pad-4 random crop + flip
+    augment: str | None = None
+    crop_scale: tuple[float, float] | None = None
+    # KD3 components (all on in both kd3 and kd3-paper) and constants
     selection: bool = True
     sharing: bool = True
     mixing: bool = True
+    selection_rule: str | None = None  # paper (FlexMatch thresholds) or robust (methods/kd3.py)
     tau: float = 0.95
+    tau_min: float = 0.5  # robust rule: class thresholds clamped into [tau_min, tau_max]
+    tau_max: float = 0.8
     gamma: float = 0.001
     mix_alpha: float = 0.1
     nt_temperature: float = 0.3
-    # Extensions, off in the faithful method: a Hinton KD term on the shared-head logits, and a
-    # floor under the teacher's share a_e in the selection.
-    kd_weight: float = 0.0
-    share_floor: float = 0.0
+    kd_weight: float | None = None  # a Hinton KD term on the shared head's logits
+    share_floor: float | None = None  # a floor under the teacher's share a_e in the selection
     # Baselines
     kd_temperature: float = 4.0
     subset_fraction: float = 0.5  # DFND's top-N and random's subset, as a share of the pool
@@ -75,14 +92,26 @@ class TrainConfig:
     infer_batch_size: int | None = None
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise DistillError(f"unknown method '{self.method}'; choose from {', '.join(METHODS)}")
+        from distill.methods import method_class
+        from distill.methods.kd3 import SELECTION_RULES
+
+        recipe = method_class(self.method).recipe
+        for name, default in RECIPE_FIELDS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, recipe.get(name, default))
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise DistillError("epochs must be >= 1, batch size >= 2 and lr > 0")
-        if self.schedule not in ("cosine", "step"):
-            raise DistillError(f"unknown schedule '{self.schedule}'; choose cosine or step")
+        for name, value, choices in (
+            ("schedule", self.schedule, SCHEDULES),
+            ("augment", self.augment, AUGMENTS),
+            ("selection rule", self.selection_rule, SELECTION_RULES),
+        ):
+            if value not in choices:
+                raise DistillError(f"unknown {name} '{value}'; choose from {', '.join(choices)}")
         if not 0 < self.subset_fraction <= 1:
             raise DistillError("subset fraction must be in (0, 1]")
+        if not 0 <= self.tau_min <= self.tau_max <= 1:
+            raise DistillError("need 0 <= tau_min <= tau_max <= 1")
         self.crop_scale = tuple(self.crop_scale)
 
     def to_dict(self) -> dict:
@@ -113,6 +142,9 @@ def dataset_stats(images: torch.Tensor, limit: int = 20000) -> tuple[list[float]
 
 
 class Trainer:
+    """Loops, checkpoints and reports; the method (distill/methods) decides what to train on
+    and the loss of a batch."""
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -133,8 +165,9 @@ class Trainer:
         self.step_callback = step_callback
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.progress = sys.stderr.isatty()
+        method_cls = method_class(cfg.method)
         channels_last = True  # faster on GPUs and, measured here, ~1.4x on CPU as well
-        if cfg.method == "supervised":
+        if not method_cls.needs_teacher:
             if not train_set.has_labels:
                 raise DistillError(f"{train_set.source}: supervised training needs labels ('y')")
             keep = train_set.labels >= 0
@@ -171,26 +204,30 @@ class Trainer:
         self.train_set = train_set.to(self.device)
         self.eval_set = eval_set.to(self.device) if eval_set is not None else None
         self.norm = Normalizer(mean, std, self.input_size, self.device, channels_last)
+        self.infer_batch = cfg.infer_batch_size or inference_batch_size(self.device)
 
+        ctx = Context(
+            cfg, self.train_set, self.norm, self.num_classes, self.device, self.infer_batch,
+            self.teacher,
+        )  # fmt: skip
+        self.method = method_cls(ctx)
         torch.manual_seed(cfg.seed)  # weight initialisation
-        self.shared = cfg.method == "kd3" and cfg.sharing
         backbone = create_model(cfg.student, self.num_classes)
-        self.student = kd3.SharedHeadStudent(backbone, self.teacher) if self.shared else backbone
-        modules = {"student": self.student}
-        if cfg.method == "kd3" and cfg.mixing:
-            modules["contrast"] = kd3.ContrastHead(backbone.feature_dim)
-        if cfg.method == "dfnd":
-            modules["noise"] = baselines.NoiseAdaptation(self.num_classes, 1.0)
+        self.student = self.method.build_student(backbone)
+        modules = {"student": self.student, **self.method.extra_modules(backbone)}
         self.trainable = nn.ModuleDict(modules).to(self.device)
         if channels_last:
             self.trainable = self.trainable.to(memory_format=torch.channels_last)
+        self.method.bind(self.trainable)
         params = [p for p in self.trainable.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
         )
-        self.infer_batch = cfg.infer_batch_size or inference_batch_size(self.device)
-        self.fixed_subset: torch.Tensor | None = None
-        self.subset_info: dict = {}
+        self.run_info: dict = {}
         self.history: list[dict] = []
         self.start_epoch = 0
 
@@ -200,6 +237,12 @@ class Trainer:
         cfg = self.cfg
         if cfg.schedule == "cosine":
             return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress / cfg.epochs))
+        if cfg.schedule == "onecycle":
+            warm = 0.3 * cfg.epochs
+            if progress < warm:
+                return cfg.lr / 25 + (cfg.lr - cfg.lr / 25) * progress / warm
+            done = (progress - warm) / (cfg.epochs - warm)
+            return cfg.lr / 25e4 + 0.5 * (cfg.lr - cfg.lr / 25e4) * (1 + math.cos(math.pi * done))
         drops = sum(progress >= cfg.epochs * m / 240 for m in (150, 180, 210))
         return cfg.lr * 0.1**drops
 
@@ -228,7 +271,7 @@ class Trainer:
         state = read_checkpoint_file(self.state_path)
         saved = state.get("config", {}) if isinstance(state, dict) else {}
         now = self.cfg.to_dict()
-        saved["crop_scale"] = tuple(saved.get("crop_scale", ()))
+        saved["crop_scale"] = tuple(saved.get("crop_scale") or ())
         diff = sorted(k for k in now if saved.get(k) != now[k])
         if diff:
             raise DistillError(
@@ -251,7 +294,7 @@ class Trainer:
                 )
             self.load_state()
             self.log(f"resuming after epoch {self.start_epoch} of {self.cfg.epochs}")
-        self.prepare_fixed_subset()
+        self.prepare()
         for epoch in range(self.start_epoch, self.cfg.epochs):
             metrics = self.run_epoch(epoch)
             self.history.append(metrics)
@@ -264,15 +307,38 @@ class Trainer:
         try:
             from distill.report import write_report
 
-            write_report(self.history, self.out_dir / "report.png", self.class_names)
+            write_report(
+                self.history, self.out_dir / "report.png", self.class_names, self.method_note()
+            )
         except Exception as exc:  # the report is a convenience: never lose a finished run to it
             self.log(f"report not written: {type(exc).__name__}: {exc}")
         return result
+
+    def method_note(self) -> str:
+        """What ran, in one line: the method, its summary and the recipe fields it used."""
+        cfg = self.cfg
+        recipe = ", ".join(f"{k}={getattr(cfg, k)}" for k in RECIPE_FIELDS)
+        return f"{cfg.method}: {self.method.summary} [{recipe}]"
+
+    def prepare(self) -> None:
+        """Before the first epoch: the teacher's view of the clean pool (once: DFND ranks by it,
+        the robust selection reads it, and it says how well the pool covers each class)."""
+        if self.teacher is not None:
+            self.method.ctx.teacher_logits = predict_logits(
+                self.teacher, self.train_set.images, self.norm, self.infer_batch
+            )
+            cover = diagnostics.coverage(self.method.ctx.teacher_logits, self.class_names)
+            self.run_info["pool_coverage"] = cover
+            if self.start_epoch == 0:
+                for warning in cover["warnings"]:
+                    self.log(f"warning: {warning}")
+        self.run_info.update(self.method.prepare())
 
     def student_meta(self) -> ModelMeta:
         final = self.history[-1] if self.history else {}
         summary = {
             "method": self.cfg.method,
+            "method_note": self.method_note(),
             "epochs": len(self.history),
             "eval_accuracy": final.get("eval_accuracy"),
             "best_eval_accuracy": max(
@@ -280,7 +346,9 @@ class Trainer:
                 default=None,
             ),
             "train_source": self.train_set.source,
+            "pool_warnings": self.run_info.get("pool_coverage", {}).get("warnings"),
         }
+        shared = self.method.student_kind == "kd3-student"
         return ModelMeta(
             arch=self.cfg.student,
             num_classes=self.num_classes,
@@ -288,8 +356,8 @@ class Trainer:
             input_size=self.input_size,
             mean=tuple(self.mean),
             std=tuple(self.std),
-            kind="kd3-student" if self.shared else "classifier",
-            teacher_arch=self.teacher_meta.arch if self.shared else None,
+            kind=self.method.student_kind,
+            teacher_arch=self.teacher_meta.arch if shared else None,
             summary={k: v for k, v in summary.items() if v is not None},
         )
 
@@ -297,96 +365,20 @@ class Trainer:
         if self.step_callback is not None and self.step_callback(event):
             raise TrainingCancelled(f"cancelled at epoch {len(self.history) + 1}")
 
-    # -- what to train on ------------------------------------------------------------------------
-    def prepare_fixed_subset(self) -> None:
-        """DFND's top-N by teacher confidence, or random's subset of the same size (once)."""
-        cfg, n = self.cfg, len(self.train_set)
-        count = max(1, round(cfg.subset_fraction * n))
-        if cfg.method == "dfnd":
-            logits = predict_logits(
-                self.teacher, self.train_set.images, self.norm, self.infer_batch
-            )
-            conf = torch.softmax(logits, 1).max(1).values
-            self.fixed_subset = baselines.top_confident(conf.cpu(), count)
-            acc = cfg.dfnd_teacher_accuracy
-            if acc is None:
-                acc = float(conf.cpu()[self.fixed_subset].mean())
-            self.trainable["noise"].accuracy = acc
-            pseudo = logits.argmax(1).cpu()
-            self.subset_info = {
-                "dfnd_teacher_accuracy": acc,
-                **self._precision(self.fixed_subset, pseudo[self.fixed_subset]),
-            }
-        elif cfg.method == "random":
-            gen = torch.Generator().manual_seed(cfg.seed + 7919)
-            self.fixed_subset = baselines.random_subset(n, count, gen)
-        if cfg.method in ("kd", "random") and self.train_set.has_labels:
-            # diagnostic only: how often the teacher's argmax matches the pool's known labels
-            subset = self.fixed_subset if self.fixed_subset is not None else torch.arange(n)
-            logits = predict_logits(
-                self.teacher, self.train_set.images[subset.to(self.device)], self.norm,
-                self.infer_batch,
-            )  # fmt: skip
-            self.subset_info = self._precision(subset, logits.argmax(1).cpu())
-
-    def _precision(self, selected: torch.Tensor, pseudo: torch.Tensor) -> dict:
-        """Diagnostics against the pool's known labels (they never enter a loss): the share of
-        selected images whose label matches the pseudo-label, overall and per pseudo-label, and
-        the share of labelled images selected with the right pseudo-label."""
-        labels = self.train_set.labels.cpu()
-        if not (labels >= 0).any() or self.cfg.method == "supervised":
-            return {}
-        hit = labels[selected] == pseudo
-        right = int(hit.sum())
-        per_class = torch.bincount(pseudo, minlength=self.num_classes)
-        per_class_hits = torch.bincount(pseudo[hit], minlength=self.num_classes)
-        return {
-            "selection_precision": right / max(1, len(selected)),
-            "selection_recall": right / max(1, int((labels >= 0).sum())),
-            "selection_precision_per_class": [
-                round(h / n, 4) if n else None
-                for h, n in zip(per_class_hits.tolist(), per_class.tolist(), strict=True)
-            ],
-        }
-
     def epoch_indices(self, epoch: int, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-        cfg = self.cfg
-        if self.fixed_subset is not None:
-            return self.fixed_subset, {"selected": len(self.fixed_subset), **self.subset_info}
-        n = len(self.train_set)
-        if not (cfg.method == "kd3" and cfg.selection):
-            return torch.arange(n), {"selected": n, **self.subset_info}
-        share = max(kd3.teacher_share(epoch, cfg.epochs), cfg.share_floor)
-        z_t, z_s = self.selection_logits(share, gen)
-        sel = kd3.select_instances(z_t, z_s, share, cfg.tau)
-        chosen = sel.mask.nonzero().flatten().cpu()
-        info = {
-            "teacher_share": share,
-            "selected": len(chosen),
-            "selected_per_class": sel.selected_per_class.tolist(),
-            "argmax_counts": sel.counts.tolist(),
-            **self._precision(chosen, sel.pseudo_labels.cpu()[chosen]),
-        }
-        return chosen, info
-
-    @torch.inference_mode()
-    def selection_logits(self, share: float, gen: torch.Generator):
-        """Teacher and student logits on one augmented view of every pool image (eval mode).
-        A model whose share of the blend is 0 is not run at all."""
-        self.student.eval()
-        z_t, z_s = [], []
-        images = self.train_set.images
-        with autocast_for(self.device):
-            for part in images.split(self.infer_batch):
-                x = self.norm.train(part, gen, self.cfg.crop_scale)
-                if share > 0:
-                    z_t.append(self.teacher(x).float())
-                if share < 1:
-                    z_s.append(self.student(x).float())
-        self.student.train()
-        c = self.num_classes
-        zero = torch.zeros(len(images), c, device=self.device)
-        return (torch.cat(z_t) if z_t else zero), (torch.cat(z_s) if z_s else zero)
+        """The method's choice, with per-class counts by pseudo-label (the method's, else the
+        teacher's argmax on the clean image) and, for labelled pools, their precision."""
+        indices, info = self.method.select(epoch, gen)
+        pseudo = info.pop("pseudo_labels", None)
+        logits = self.method.ctx.teacher_logits
+        if pseudo is None and logits is not None:
+            pseudo = logits.argmax(1).cpu()[indices]
+        if pseudo is not None:
+            c = self.num_classes
+            info.setdefault("selected_per_class", torch.bincount(pseudo, minlength=c).tolist())
+            labels = self.train_set.labels
+            info.update(diagnostics.precision(labels, indices, pseudo, c))
+        return indices, {**info, **self.run_info}
 
     # -- one epoch -----------------------------------------------------------------------------
     def run_epoch(self, epoch: int) -> dict:
@@ -445,19 +437,9 @@ class Trainer:
 
     def train_step(self, idx: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
         cfg = self.cfg
-        x = self.norm.train(self.train_set.images[idx], gen, cfg.crop_scale)
+        x = self.norm.train(self.train_set.images[idx], gen, cfg.crop_scale, augment=cfg.augment)
         with autocast_for(self.device):
-            if cfg.method == "supervised":
-                terms = {"ce": F.cross_entropy(self.student(x).float(), self.train_set.labels[idx])}
-            elif cfg.method == "kd3":
-                terms = self.kd3_terms(x, gen)
-            else:
-                with torch.no_grad():
-                    z_t = self.teacher(x)
-                z_s = self.student(x)
-                terms = {"kd": baselines.kd_loss(z_s, z_t, cfg.kd_temperature)}
-                if cfg.method == "dfnd":
-                    terms["noise_adaptation"] = self.trainable["noise"].loss(z_s, z_t)
+            terms = self.method.loss(x, idx, gen)
         loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -465,40 +447,6 @@ class Trainer:
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss"] = float(loss.detach())
         return out
-
-    def kd3_terms(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """L_WFA (+ gamma L_con with MixDistribution), as the released code computes them: the
-        teacher and the alignment see the clean batch x only; the perturbed batch x~ goes through
-        the student's backbone, in its own train-mode pass, for the contrastive term alone."""
-        cfg = self.cfg
-        with torch.no_grad():
-            h_t = self.teacher.forward_features(x)
-            z_t = self.teacher.head(self.teacher.pool(h_t))
-        terms = {}
-        if self.shared:
-            f_s = self.student.backbone.forward_features(x)
-            h_s = self.student.projector(f_s)
-            z_s = self.student.head(self.student.pool(h_s))
-            w = kd3.instance_weights(z_s, z_t)
-            terms["wfa"] = kd3.wfa_loss(h_s, h_t, w)
-            backbone = self.student.backbone
-        else:  # ablation without classifier sharing: the student's own classifier, Hinton KD
-            f_s = self.student.forward_features(x)
-            z_s = self.student.head(self.student.pool(f_s))
-            terms["kd"] = baselines.kd_loss(z_s, z_t, cfg.kd_temperature)
-            backbone = self.student
-        if cfg.kd_weight > 0 and self.shared:
-            terms["kd"] = cfg.kd_weight * baselines.kd_loss(z_s, z_t, cfg.kd_temperature)
-        if cfg.mixing:
-            f_mix = backbone.forward_features(kd3.mix_distribution(x, cfg.mix_alpha, gen))
-            e = self.trainable["contrast"](torch.cat([self._pooled(f_s), self._pooled(f_mix)]))
-            b = x.shape[0]
-            terms["contrast"] = cfg.gamma * kd3.nt_xent(e[:b], e[b:], cfg.nt_temperature)
-        return terms
-
-    @staticmethod
-    def _pooled(fmap: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1).float()
 
 
 def eval_metrics(acc: Accuracy) -> dict:
