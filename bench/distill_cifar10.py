@@ -205,7 +205,7 @@ def summarise(
         name=name,
         final_accuracy=final["eval_accuracy"],
         final_covered=sum(on_covered) / len(on_covered) if on_covered else None,
-        best_accuracy=max(m["eval_accuracy"] for m in history),
+        best_accuracy=max(m["eval_accuracy"] for m in history if "eval_accuracy" in m),
         val_accuracy=val_accuracy,
         selection_precision=float(np.mean(precisions)) if precisions else None,
         selected_mean=float(np.mean([m["selected"] for m in history])),
@@ -331,6 +331,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results", help="also write the per-seed summary JSON here")
     parser.add_argument("--device")
     parser.add_argument("--seeds", default="0", help="comma list of seeds, e.g. 0,1,2")
+    parser.add_argument("--eval-every", type=int, default=5,
+                        help="test accuracy every k epochs (and the last); 1 for full curves")  # fmt: skip
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset]
@@ -381,7 +383,8 @@ def main(argv=None) -> int:
             if method == "supervised":
                 trainer = Trainer(cfg, train, run_dir, eval_set=test, device=device)
             else:
-                trainer = Trainer(cfg, pool, run_dir, teacher, meta, test, device=device)
+                trainer = Trainer(cfg, pool, run_dir, teacher, meta, test, device=device,
+                                  eval_every=args.eval_every)  # fmt: skip
             result = trainer.run(resume=True)
             val_acc = None
             if method != "supervised":  # the supervised student trains on the val images

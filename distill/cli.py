@@ -224,6 +224,8 @@ def _print_done(result) -> None:
     if acc is not None:
         line += f"; final-epoch accuracy {acc:.4f} (best epoch {best:.4f})"
     print(line)
+    for warning in final.get("pool_coverage", {}).get("warnings", []):
+        print(f"warning: {warning}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

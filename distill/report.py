@@ -21,9 +21,9 @@ def write_report(
     names = class_names or [str(i) for i in range(classes)]
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     ax = axes[0, 0]
-    acc = [m.get("eval_accuracy") for m in history]
-    if any(a is not None for a in acc):
-        ax.plot(epochs, [a if a is not None else float("nan") for a in acc], marker="o")
+    evaluated = [(m["epoch"], m["eval_accuracy"]) for m in history if "eval_accuracy" in m]
+    if evaluated:
+        ax.plot(*zip(*evaluated, strict=True), marker="o")
     ax.set(title="evaluation accuracy", xlabel="epoch", ylabel="accuracy")
 
     ax = axes[0, 1]

@@ -158,8 +158,10 @@ class Trainer:
         device=None,
         step_callback: Callable[[dict], bool | None] | None = None,
         log: Callable[[str], None] | None = None,
+        eval_every: int = 1,
     ):
         self.cfg = cfg
+        self.eval_every = eval_every  # evaluate every k epochs, and always after the last
         self.out_dir = Path(out_dir)
         self.device = pick_device(device)
         self.step_callback = step_callback
@@ -231,20 +233,8 @@ class Trainer:
         self.history: list[dict] = []
         self.start_epoch = 0
 
-    # -- schedule ------------------------------------------------------------------------------
     def lr_at(self, progress: float) -> float:
-        """lr at fractional epoch `progress` in [0, E)."""
-        cfg = self.cfg
-        if cfg.schedule == "cosine":
-            return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress / cfg.epochs))
-        if cfg.schedule == "onecycle":
-            warm = 0.3 * cfg.epochs
-            if progress < warm:
-                return cfg.lr / 25 + (cfg.lr - cfg.lr / 25) * progress / warm
-            done = (progress - warm) / (cfg.epochs - warm)
-            return cfg.lr / 25e4 + 0.5 * (cfg.lr - cfg.lr / 25e4) * (1 + math.cos(math.pi * done))
-        drops = sum(progress >= cfg.epochs * m / 240 for m in (150, 180, 210))
-        return cfg.lr * 0.1**drops
+        return lr_at(self.cfg, progress)
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -294,7 +284,8 @@ class Trainer:
                 )
             self.load_state()
             self.log(f"resuming after epoch {self.start_epoch} of {self.cfg.epochs}")
-        self.prepare()
+        if self.start_epoch < self.cfg.epochs:  # a finished run only writes its student again
+            self.prepare()
         for epoch in range(self.start_epoch, self.cfg.epochs):
             metrics = self.run_epoch(epoch)
             self.history.append(metrics)
@@ -346,7 +337,7 @@ class Trainer:
                 default=None,
             ),
             "train_source": self.train_set.source,
-            "pool_warnings": self.run_info.get("pool_coverage", {}).get("warnings"),
+            "pool_warnings": final.get("pool_coverage", {}).get("warnings"),
         }
         shared = self.method.student_kind == "kd3-student"
         return ModelMeta(
@@ -430,7 +421,8 @@ class Trainer:
             "selection_seconds": select_seconds,
             "images_per_second": trained / max(seconds, 1e-9),
         }
-        if self.eval_set is not None:
+        last = epoch + 1 == cfg.epochs
+        if self.eval_set is not None and (last or (epoch + 1) % self.eval_every == 0):
             acc = evaluate(self.student, self.eval_set, self.norm, self.num_classes)
             metrics.update(eval_metrics(acc))
         return metrics
@@ -447,6 +439,20 @@ class Trainer:
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss"] = float(loss.detach())
         return out
+
+
+def lr_at(cfg: TrainConfig, progress: float) -> float:
+    """lr at fractional epoch `progress` in [0, E)."""
+    if cfg.schedule == "cosine":
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress / cfg.epochs))
+    if cfg.schedule == "onecycle":
+        warm = 0.3 * cfg.epochs
+        if progress < warm:
+            return cfg.lr / 25 + (cfg.lr - cfg.lr / 25) * progress / warm
+        done = (progress - warm) / (cfg.epochs - warm)
+        return cfg.lr / 25e4 + 0.5 * (cfg.lr - cfg.lr / 25e4) * (1 + math.cos(math.pi * done))
+    drops = sum(progress >= cfg.epochs * m / 240 for m in (150, 180, 210))
+    return cfg.lr * 0.1**drops
 
 
 def eval_metrics(acc: Accuracy) -> dict:

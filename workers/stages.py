@@ -74,7 +74,9 @@ def run_distill(spec: dict, ctx: JobContext) -> StageResult:
         for name in ("student.pt", "metrics.jsonl", "report.png")
         if (out / name).exists()
     }
-    return StageResult(metrics=result.final, artifacts=artifacts)
+    return StageResult(
+        metrics={**result.final, "method_note": trainer.method_note()}, artifacts=artifacts
+    )
 
 
 def run_crawl(spec: dict, ctx: JobContext) -> StageResult:

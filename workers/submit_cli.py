@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from distill.cli import DISTILL_METHODS, METHOD_HELP
 from workers.config import (
     ClassSpec,
     ConfigError,
@@ -72,7 +73,9 @@ def register(subparsers) -> None:
     dist.add_argument("--pool", required=True, help="pool directory or .npz, or artifact:KEY")
     dist.add_argument("--eval", help="evaluation pool or .npz, or artifact:KEY")
     dist.add_argument("--student", default="resnet8")
-    dist.add_argument("--method", default="kd3")
+    dist.add_argument(
+        "--method", default="kd3", metavar="{" + ",".join(DISTILL_METHODS) + "}", help=METHOD_HELP
+    )
     dist.add_argument("--epochs", type=int, default=20)
     dist.add_argument("--batch-size", type=int, default=256)
     dist.add_argument("--lr", type=float, default=0.05)

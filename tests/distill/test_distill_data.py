@@ -93,3 +93,26 @@ def test_crop_matches_torchvision_resized_crop():
         # Same box, same bilinear interpolation; only the outermost pixels may differ (torchvision
         # clamps at the crop's edge, grid_sample reads the neighbour just outside the crop).
         assert (out[i] - ref)[:, 2:-2, 2:-2].abs().max() < 0.05
+
+
+def test_pad_crop_is_a_shifted_copy_of_the_zero_padded_image():
+    """Every view equals torchvision's RandomCrop(32, padding=4) + flip for some shift."""
+    images = torch.randint(1, 256, (48, 32, 32, 3), dtype=torch.uint8)
+    norm = Normalizer((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255), 32, "cpu")
+    out = norm.train(images, torch.Generator().manual_seed(0), augment="padcrop")
+    shifts, flips = set(), 0
+    for i in range(48):
+        img = images[i].permute(2, 0, 1).float()
+        matches = [
+            (dy, dx, flip)
+            for flip in (False, True)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.equal(
+                TF.pad(img.flip(-1) if flip else img, [4])[:, dy : dy + 32, dx : dx + 32], out[i]
+            )  # fmt: skip
+        ]
+        assert len(matches) == 1, i
+        shifts.add(matches[0][:2])
+        flips += matches[0][2]
+    assert len(shifts) > 20 and 10 < flips < 38  # shifts spread over the 81, about half flipped

@@ -218,3 +218,17 @@ def test_top_confident_and_random_subset():
     assert baselines.top_confident(conf, 2).tolist() == [1, 3]
     subset = baselines.random_subset(100, 30, torch.Generator().manual_seed(0))
     assert len(set(subset.tolist())) == 30 and np.all(np.diff(subset.numpy()) > 0)
+
+
+def test_robust_selection_clamps_the_class_thresholds():
+    """A class the blend rarely predicts keeps a floor (no near-zero threshold), and the class
+    predicted most keeps a cap (it is not shut out by tau = 0.95)."""
+    z = torch.zeros(100, 3)
+    z[:90, 0] = 3.0  # class 0 predicted 90 times, p ~ 0.91
+    z[90:99, 1] = 0.5  # class 1: 9 times, p ~ 0.45
+    z[99, 2] = 4.0  # class 2 once, p ~ 0.96
+    paper = kd3.select_instances(z, z, 1.0)
+    robust = kd3.select_instances(z, z, 1.0, bounds=(0.5, 0.8))
+    assert paper.thresholds[1] < 0.1 and paper.selected_per_class.tolist() == [0, 9, 1]
+    assert robust.thresholds.tolist() == pytest.approx([0.8, 0.5, 0.5])
+    assert robust.selected_per_class.tolist() == [90, 0, 1]

@@ -202,3 +202,48 @@ def test_export_torchscript_and_onnx(world, tmp_path, capsys):
     assert [i.name for i in graph.graph.input] == ["images"]
     info = json.loads((tmp_path / "model.json").read_text())
     assert info["class_names"] == ["red", "green", "blue", "yellow"] and info["input_size"] == 16
+
+
+def test_cli_method_list_is_the_registry():
+    from distill.cli import DISTILL_METHODS as cli_methods
+    from distill.methods import DISTILL_METHODS
+
+    assert set(cli_methods) == set(DISTILL_METHODS)
+
+
+def test_recipe_defaults_and_explicit_settings():
+    default, paper = TrainConfig(method="kd3"), TrainConfig(method="kd3-paper")
+    assert (default.augment, default.selection_rule, default.kd_weight) == ("padcrop", "robust", 1)
+    assert (paper.augment, paper.crop_scale, paper.selection_rule) == ("rrc", (0.08, 1.0), "paper")
+    assert paper.kd_weight == 0 and paper.share_floor == 0
+    assert TrainConfig(method="kd3", augment="rrc").augment == "rrc"  # what a user sets wins
+    with pytest.raises(DistillError, match="unknown method 'kd4'"):
+        TrainConfig(method="kd4")
+    with pytest.raises(DistillError, match="unknown augment"):
+        TrainConfig(method="kd", augment="mixup")
+
+
+def test_thin_classes_are_reported():
+    from distill.diagnostics import coverage
+
+    logits = torch.zeros(1000, 3)
+    logits[:600, 0] = 5.0
+    logits[600:995, 1] = 5.0
+    logits[995:, 2] = 5.0  # 5 confident images of class 2
+    cover = coverage(logits, ["cat", "dog", "deer"])
+    assert cover["confident_per_class"] == [600, 395, 5]
+    assert cover["warnings"] == [
+        "deer: 5 confident images of 1,000: the pool lacks this class; crawl more"
+    ]
+
+
+def test_one_cycle_schedule_warms_up_then_anneals():
+    from distill.trainer import lr_at
+
+    cfg = TrainConfig(method="supervised", epochs=10, lr=0.2, schedule="onecycle")
+    assert lr_at(cfg, 0) == pytest.approx(0.2 / 25)
+    assert lr_at(cfg, 3) == pytest.approx(0.2)  # the peak at 30% of training
+    assert lr_at(cfg, 1.5) == pytest.approx((0.2 / 25 + 0.2) / 2)
+    assert lr_at(cfg, 10) == pytest.approx(0.2 / 25e4)
+    values = [lr_at(cfg, e / 10) for e in range(30, 100)]
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))
