@@ -1,13 +1,21 @@
 """Benchmark: KD3 against KD, DFND, random selection and supervised training, CIFAR-10 teacher,
 web-like Tiny-ImageNet pool (../shared/data, see its README).
 
-    nice -n 10 .venv/bin/python bench/distill_cifar10.py --preset cpu          # ~1 h on 2 cores
-    nice -n 10 .venv/bin/python bench/distill_cifar10.py --preset cpu --quick  # ~4 min check
-    .venv/bin/python bench/distill_cifar10.py --preset gpu                     # one H100
+    # the main comparison (kd, dfnd, random, kd3, kd3-paper), 3 seeds: ~75 min on 2 cores
+    nice -n 10 .venv/bin/python bench/distill_cifar10.py --seeds 0,1,2 \
+        --results bench/results/distill_cifar10_cpu_seeds.json
+    # one-factor ablations on one seed (compare them on the val column)
+    nice -n 10 .venv/bin/python bench/distill_cifar10.py --runs kd,kd_rrc0.08,kd3-paper_padcrop
+    nice -n 10 .venv/bin/python bench/distill_cifar10.py --quick       # a few minutes: a check
+    .venv/bin/python bench/distill_cifar10.py --preset gpu             # one H100
+
+Runs already finished in --out are read back, not trained again, so two processes (say
+`--threads 1` each, with different --runs or --seeds) can share the work and a last call over
+everything prints the whole table.
 
 The teacher is trained once per preset on cifar10_train_jpeg.npz and cached under .cache/bench/
 at the project root; every student is distilled from the pool's images only (`x`). The pool's
-hidden `y` is used only to measure selection precision. All students use the same seed. Every
+hidden `y` is used only to measure selection precision. Every
 accuracy is measured on cifar10_test.npz; the headline is the final epoch's accuracy, the best
 epoch's is printed beside it and never used to choose anything. Settings are compared on the
 `val` column instead: the final student's accuracy on 5,000 CIFAR-10 training images that no
@@ -59,9 +67,10 @@ class Preset:
 
 
 PRESETS = {
-    # ResNet-20 teacher, ResNet-8 students: about an hour on 2 CPU cores
+    # ResNet-20 teacher (12 epochs, ~35 min, cached), ResNet-8 students for 15 epochs: the
+    # main comparison (5 methods, 3 seeds) takes about 75 min on 2 CPU cores
     "cpu": Preset(
-        "resnet20", "resnet8", teacher_epochs=12, teacher_lr=0.2, teacher_batch_size=128, epochs=20
+        "resnet20", "resnet8", teacher_epochs=12, teacher_lr=0.2, teacher_batch_size=128, epochs=15
     ),
     # paper scale (ResNet-34 -> ResNet-18, CIFAR-style stems), sized from estimates (not yet
     # measured) for ~10 minutes on one H100
@@ -330,11 +339,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="results folder (default runs/bench-distill-cifar10-PRESET)")
     parser.add_argument("--results", help="also write the per-seed summary JSON here")
     parser.add_argument("--device")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--seeds", default="0", help="comma list of seeds, e.g. 0,1,2")
     parser.add_argument("--eval-every", type=int, default=5,
                         help="test accuracy every k epochs (and the last); 1 for full curves")  # fmt: skip
     args = parser.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     if args.quick:
         preset = Preset(**{**asdict(preset), **QUICK})

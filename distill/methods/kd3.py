@@ -7,7 +7,8 @@ changes what the validation runs showed to matter on keyword-crawled pools (benc
   - a Hinton KD term (T=4) on the shared head's logits beside the feature alignment;
   - the "robust" selection rule: the teacher keeps at least half the vote, class thresholds
     are clamped to [tau_min, tau_max] (no class admitted on near-zero confidence, none shut
-    out because a weak student predicts it everywhere), and selection looks at clean views.
+    out because a weak student predicts it everywhere), selection looks at clean views, and
+    at least MIN_SELECTED_SHARE of the pool is kept.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from distill.evaluation import autocast_for
 from distill.methods.base import Method
 
 SELECTION_RULES = ("paper", "robust")
+# The robust rule never trains on less than this share of the pool: when the thresholds pass
+# fewer images (a teacher unsure of everything), it takes the most confident ones.
+MIN_SELECTED_SHARE = 0.1
 
 
 class KD3(Method):
@@ -63,6 +67,12 @@ class KD3(Method):
         bounds = (self.cfg.tau_min, self.cfg.tau_max) if self.robust else (0.0, 1.0)
         sel = kd3.select_instances(z_t, z_s, share, self.cfg.tau, bounds)
         chosen = sel.mask.nonzero().flatten().cpu()
+        floor = round(MIN_SELECTED_SHARE * n)
+        if self.robust and len(chosen) < floor:  # an unsure teacher: its most confident images
+            chosen = torch.topk(sel.confidence, floor).indices.sort().values.cpu()
+            sel.selected_per_class = torch.bincount(
+                sel.pseudo_labels.cpu()[chosen], minlength=self.ctx.num_classes
+            )
         info = {
             "teacher_share": share,
             "selected": len(chosen),

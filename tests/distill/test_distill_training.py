@@ -247,3 +247,20 @@ def test_one_cycle_schedule_warms_up_then_anneals():
     assert lr_at(cfg, 10) == pytest.approx(0.2 / 25e4)
     values = [lr_at(cfg, e / 10) for e in range(30, 100)]
     assert all(a > b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_robust_selection_keeps_a_tenth_of_the_pool_when_the_teacher_is_unsure(world, tmp_path):
+    """A teacher with a zeroed classifier gives p = 1/4 everywhere: no threshold is passed, and
+    the default still trains on the most confident 10% rather than on nothing."""
+    from distill.checkpoints import ModelMeta
+    from distill.models import create_model
+
+    teacher = create_model("resnet8", 4)
+    torch.nn.init.zeros_(teacher.head.weight)
+    torch.nn.init.zeros_(teacher.head.bias)
+    meta = ModelMeta(arch="resnet8", num_classes=4, input_size=16)
+    pool = load_images(world / "pool.npz", 16)
+    cfg = TrainConfig(method="kd3", student="resnet8", epochs=1, batch_size=16)
+    trainer = Trainer(cfg, pool, tmp_path, teacher, meta, device="cpu", log=lambda m: None)
+    m = trainer.run().final
+    assert m["selected"] == round(0.1 * len(pool)) and m["steps"] >= 1
