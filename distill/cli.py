@@ -44,7 +44,8 @@ METHOD_HELP = """method (default %(default)s):
 kd3 = KD3's three components with the recipe chosen on validation runs, which deviates from
 the paper in: pad-4 random crop + flip instead of RandomResizedCrop(0.08-1); a Hinton KD term
 (T=4, weight 1) on the shared head's logits beside the feature alignment; the robust selection
-rule (teacher share >= 0.5, class thresholds clamped to [0.5, 0.8], selection on clean views);
+rule (teacher share >= 0.5, class thresholds clamped to [0.5, 0.8], selection on clean views,
+at least 10%% of the pool kept);
 kd3-paper = the paper's released recipe (RandomResizedCrop(0.08-1), feature alignment only,
 FlexMatch thresholds, teacher share ramping to 0 at E/2); kd = Hinton KD on the whole pool;
 dfnd = KD + noise adaptation on the teacher's most confident half; random = KD on a random half"""
