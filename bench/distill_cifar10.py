@@ -70,7 +70,7 @@ PRESETS = {
     # ResNet-20 teacher (12 epochs, ~35 min, cached), ResNet-8 students for 15 epochs: the
     # main comparison (5 methods, 3 seeds) takes about 75 min on 2 CPU cores
     "cpu": Preset(
-        "resnet20", "resnet8", teacher_epochs=12, teacher_lr=0.2, teacher_batch_size=128, epochs=15
+        "resnet20", "resnet8", teacher_epochs=12, teacher_lr=0.2, teacher_batch_size=128, epochs=10
     ),
     # paper scale (ResNet-34 -> ResNet-18, CIFAR-style stems), sized from estimates (not yet
     # measured) for ~10 minutes on one H100

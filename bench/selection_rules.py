@@ -59,6 +59,8 @@ def rules(logits: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     out = {"all (KD)": (torch.ones_like(conf, dtype=torch.bool), pseudo)}
     sel = select_instances(logits, torch.zeros_like(logits), 1.0)
     out["class-wise tau 0.95 (KD3)"] = (sel.mask, sel.pseudo_labels)
+    robust = select_instances(logits, torch.zeros_like(logits), 1.0, bounds=(0.5, 0.8))
+    out["clamped to [0.5, 0.8] (kd3)"] = (robust.mask, robust.pseudo_labels)
     for t in (0.5, 0.7, 0.9, 0.95):
         out[f"global p > {t}"] = (conf > t, pseudo)
     top = torch.zeros_like(conf, dtype=torch.bool)

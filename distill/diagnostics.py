@@ -13,13 +13,26 @@ CONFIDENT = 0.8
 THIN_SHARE = 0.1
 
 
-def coverage(teacher_logits: torch.Tensor, class_names: list[str] | None) -> dict:
-    """Confident images per class on the clean pool, and one warning per thin class."""
+def coverage(
+    teacher_logits: torch.Tensor, class_names: list[str] | None, labels: torch.Tensor | None = None
+) -> dict:
+    """Confident images per class on the clean pool, and one warning per thin class.
+
+    Where the pool knows each image's class (a crawl's keyword class, an import's folder), an
+    image counts for its class when the teacher confidently agrees with it; otherwise for the
+    class the teacher confidently predicts. The first also catches a class the pool lacks but
+    the teacher hallucinates on other images (birds called airplanes)."""
     probs = torch.softmax(teacher_logits.float(), 1)
     conf, label = probs.max(1)
     c = probs.shape[1]
-    confident = torch.bincount(label[conf >= CONFIDENT], minlength=c).tolist()
-    argmax = torch.bincount(label, minlength=c).tolist()
+    known = labels is not None and bool((labels >= 0).any())
+    if known:
+        labels = labels.to(probs.device)
+        keep = labels >= 0
+        agree = probs[keep].gather(1, labels[keep].view(-1, 1)).flatten() >= CONFIDENT
+        confident = torch.bincount(labels[keep][agree], minlength=c).tolist()
+    else:
+        confident = torch.bincount(label[conf >= CONFIDENT], minlength=c).tolist()
     n = len(label)
     names = class_names or [str(i) for i in range(c)]
     need = THIN_SHARE * n / c
@@ -29,7 +42,12 @@ def coverage(teacher_logits: torch.Tensor, class_names: list[str] | None) -> dic
         for k in range(c)
         if confident[k] < need
     ]
-    return {"confident_per_class": confident, "argmax_per_class": argmax, "warnings": warnings}
+    return {
+        "confident_per_class": confident,
+        "confident_means": "teacher agrees with the pool's class" if known else "teacher argmax",
+        "argmax_per_class": torch.bincount(label, minlength=c).tolist(),
+        "warnings": warnings,
+    }
 
 
 def precision(labels: torch.Tensor, selected: torch.Tensor, pseudo: torch.Tensor, c: int) -> dict:

@@ -318,7 +318,9 @@ class Trainer:
             self.method.ctx.teacher_logits = predict_logits(
                 self.teacher, self.train_set.images, self.norm, self.infer_batch
             )
-            cover = diagnostics.coverage(self.method.ctx.teacher_logits, self.class_names)
+            cover = diagnostics.coverage(
+                self.method.ctx.teacher_logits, self.class_names, self.train_set.labels
+            )
             self.run_info["pool_coverage"] = cover
             if self.start_epoch == 0:
                 for warning in cover["warnings"]:

@@ -235,6 +235,14 @@ def test_thin_classes_are_reported():
     assert cover["warnings"] == [
         "deer: 5 confident images of 1,000: the pool lacks this class; crawl more"
     ]
+    # with the pool's own classes: the teacher's "cat" on images crawled as "deer" counts for
+    # nothing, so a class the pool lacks is reported however confident the teacher is
+    labels = torch.tensor([0] * 600 + [1] * 200 + [2] * 200)
+    cover = coverage(logits, ["cat", "dog", "deer"], labels)
+    assert cover["confident_per_class"] == [600, 200, 5]
+    logits[800:, 0] = 9.0  # the deer images look like cats to the teacher
+    cover = coverage(logits, ["cat", "dog", "deer"], labels)
+    assert cover["confident_per_class"] == [600, 200, 0] and len(cover["warnings"]) == 1
 
 
 def test_one_cycle_schedule_warms_up_then_anneals():

@@ -46,6 +46,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}img{{max-width:100
 from a local web that draws the same shapes in another style. Accuracy is on the held-out
 evaluation split of the teacher's original style.</p>
 <h2>Accuracy</h2>{accuracy}
+<p>{"<br>".join(html.escape(f"{name}: {note}") for name, note in s.get("methods", {}).items() if note)}</p>
 <h2>KD3 training</h2>{_image(out, art["kd3"].get("report.png"), "KD3: accuracy, selection, per class")}
 <h2>KD training</h2>{_image(out, art["kd"].get("report.png"), "KD: accuracy and per class")}
 <h2>Pool</h2>{truth}
