@@ -80,6 +80,14 @@ def _add_training(
     t.add_argument(
         "--crop-scale-min", type=float, help="rrc's smallest crop area (default: the method's)"
     )
+    t.add_argument(
+        "--bn-recalibration",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-estimate BatchNorm statistics on N training images before each evaluation "
+        "and at the end (default 0: off)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     t.add_argument("--out", required=True, metavar="DIR")
@@ -161,6 +169,7 @@ def _training(args: argparse.Namespace) -> dict:
         "schedule": args.schedule,
         "nesterov": args.nesterov,
         "seed": args.seed,
+        "bn_recalibration": args.bn_recalibration,
         "augment": args.augment,
         "crop_scale": None if args.crop_scale_min is None else (args.crop_scale_min, 1.0),
     }

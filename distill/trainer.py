@@ -90,6 +90,10 @@ class TrainConfig:
     dfnd_teacher_accuracy: float | None = None  # default: teacher's mean confidence on top-N
     # Inference batch for the selection pass and DFND's ranking (None: by device)
     infer_batch_size: int | None = None
+    # Before each evaluation and at the end, re-estimate the student's BatchNorm statistics with
+    # its current weights on this many of the epoch's images (clean views); 0: off. Running
+    # averages lag behind weights that move fast, which shows as eval accuracy swinging.
+    bn_recalibration: int = 0
 
     def __post_init__(self):
         from distill.methods import method_class
@@ -424,10 +428,19 @@ class Trainer:
             "images_per_second": trained / max(seconds, 1e-9),
         }
         last = epoch + 1 == cfg.epochs
-        if self.eval_set is not None and (last or (epoch + 1) % self.eval_every == 0):
+        evaluating = self.eval_set is not None and (last or (epoch + 1) % self.eval_every == 0)
+        if cfg.bn_recalibration and (evaluating or last):
+            self.recalibrate_bn(order[: cfg.bn_recalibration])
+        if evaluating:
             acc = evaluate(self.student, self.eval_set, self.norm, self.num_classes)
             metrics.update(eval_metrics(acc))
         return metrics
+
+    def recalibrate_bn(self, indices: torch.Tensor) -> None:
+        images = self.train_set.images[indices.to(self.device)]
+        batches = (self.norm.eval(part) for part in images.split(self.cfg.batch_size))
+        with autocast_for(self.device):
+            torch.optim.swa_utils.update_bn(batches, self.student)
 
     def train_step(self, idx: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
         cfg = self.cfg

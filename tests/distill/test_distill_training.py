@@ -272,3 +272,23 @@ def test_robust_selection_keeps_a_tenth_of_the_pool_when_the_teacher_is_unsure(w
     trainer = Trainer(cfg, pool, tmp_path, teacher, meta, device="cpu", log=lambda m: None)
     m = trainer.run().final
     assert m["selected"] == round(0.1 * len(pool)) and m["steps"] >= 1
+
+
+def test_bn_recalibration_sets_the_statistics_of_the_final_weights(world, tmp_path):
+    """With recalibration the saved student's BatchNorm means are those of its own final
+    weights on the clean pool images, not a running average over earlier weights."""
+    cfg = TrainConfig(method="kd", student="resnet8", epochs=2, batch_size=48, bn_recalibration=144)
+    trainer = _trainer(world, tmp_path, cfg)
+    result = trainer.run()
+    student, _ = load_model(result.student_path)
+    x = trainer.norm.eval(trainer.train_set.images)  # all 144 pool images, 3 batches of 48
+    with torch.no_grad():
+        expected = student.conv1(x).mean(dim=(0, 2, 3))
+    assert torch.allclose(student.bn1.running_mean, expected, atol=1e-4)
+    plain = _trainer(
+        world, tmp_path / "plain", TrainConfig(**{**cfg.to_dict(), "bn_recalibration": 0})
+    )
+    plain_student, _ = load_model(plain.run().student_path)
+    with torch.no_grad():
+        lagging = plain_student.conv1(x).mean(dim=(0, 2, 3))
+    assert not torch.allclose(plain_student.bn1.running_mean, lagging, atol=1e-3)
