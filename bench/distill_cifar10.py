@@ -340,6 +340,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results", help="also write the per-seed summary JSON here")
     parser.add_argument("--device")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--only-finished", action="store_true",
+                        help="report the runs already finished in --out; train nothing")  # fmt: skip
     parser.add_argument("--seeds", default="0", help="comma list of seeds, e.g. 0,1,2")
     parser.add_argument("--eval-every", type=int, default=5,
                         help="test accuracy every k epochs (and the last); 1 for full curves")  # fmt: skip
@@ -392,6 +394,8 @@ def main(argv=None) -> int:
             cfg = TrainConfig(method=method, **{**settings, **overrides})
             print(f"\n== {name} seed {seed} ({method} {overrides or ''})", flush=True)
             run_dir = out / name if seed == 0 else out / f"{name}-seed{seed}"
+            if args.only_finished and not (run_dir / "student.pt").exists():
+                continue
             if method == "supervised":
                 trainer = Trainer(cfg, train, run_dir, eval_set=test, device=device)
             else:
