@@ -266,6 +266,9 @@ class Trainer:
         saved = state.get("config", {}) if isinstance(state, dict) else {}
         now = self.cfg.to_dict()
         saved["crop_scale"] = tuple(saved.get("crop_scale") or ())
+        for f in dataclasses.fields(TrainConfig):  # a field added since: its default then
+            if f.name not in saved and f.default is not dataclasses.MISSING:
+                saved[f.name] = f.default
         diff = sorted(k for k in now if saved.get(k) != now[k])
         if diff:
             raise DistillError(
