@@ -292,3 +292,13 @@ def test_bn_recalibration_sets_the_statistics_of_the_final_weights(world, tmp_pa
     with torch.no_grad():
         lagging = plain_student.conv1(x).mean(dim=(0, 2, 3))
     assert not torch.allclose(plain_student.bn1.running_mean, lagging, atol=1e-3)
+
+
+def test_a_run_saved_before_a_new_setting_existed_still_resumes(world, tmp_path):
+    cfg = TrainConfig(method="kd", student="resnet8", epochs=1, batch_size=48)
+    _trainer(world, tmp_path, cfg).run()
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    del state["config"]["bn_recalibration"]  # as an older version saved it
+    torch.save(state, tmp_path / "state.pt")
+    resumed = _trainer(world, tmp_path, cfg).run(resume=True)
+    assert len(resumed.history) == 1
