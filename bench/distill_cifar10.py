@@ -1,7 +1,7 @@
 """Benchmark: KD3 against KD, DFND, random selection and supervised training, CIFAR-10 teacher,
 web-like Tiny-ImageNet pool (../shared/data, see its README).
 
-    # the main comparison (kd, dfnd, random, kd3, kd3-paper), 3 seeds: ~75 min on 2 cores
+    # the main comparison (kd, dfnd, random, kd3, kd3-paper), 3 seeds: ~90 min on 2 cores
     nice -n 10 .venv/bin/python bench/distill_cifar10.py --seeds 0,1,2 \
         --results bench/results/distill_cifar10_cpu_seeds.json
     # one-factor ablations on one seed (compare them on the val column)
@@ -67,8 +67,9 @@ class Preset:
 
 
 PRESETS = {
-    # ResNet-20 teacher (12 epochs, ~35 min, cached), ResNet-8 students for 15 epochs: the
-    # main comparison (5 methods, 3 seeds) takes about 75 min on 2 CPU cores
+    # ResNet-20 teacher (12 epochs, ~35-45 min, cached), ResNet-8 students for 10 epochs: one
+    # seed of the main comparison measured ~57 min in a 1-thread process (kd 13.5, kd3 14,
+    # kd3-paper 16, dfnd 6.5, random 7), so 3 seeds take ~90 min as two 1-thread processes
     "cpu": Preset(
         "resnet20", "resnet8", teacher_epochs=12, teacher_lr=0.2, teacher_batch_size=128, epochs=10
     ),
