@@ -113,9 +113,12 @@ def test_killed_worker_job_resumes_on_a_new_worker_and_finishes_once(
     start_worker("gpu")
     done = wait_final(store, job.id, timeout=180)
     assert done.status == "succeeded", done.error
-    assert done.attempts == 2
+    # At least the one requeue after the kill. With the tests' 3 s lease on a loaded 2-core
+    # machine a live worker can lose its lease once more (seen once in 5 clean runs); it then
+    # stops and the job resumes again from its checkpoint, so it still finishes exactly once.
+    assert done.attempts >= 2
     events = _events(store, job.id)
-    assert events.count("succeeded") == 1 and events.count("requeued") == 1
+    assert events.count("succeeded") == 1 and events.count("requeued") == done.attempts - 1
     metrics = [
         json.loads(line)
         for line in (Path(settings.artifacts) / f"jobs/{job.id}/metrics.jsonl")
