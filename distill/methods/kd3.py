@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from distill import baselines, kd3
-from distill.evaluation import autocast_for
+from distill.evaluation import autocast_for, predict_logits
 from distill.methods.base import Method
 
 SELECTION_RULES = ("paper", "robust")
@@ -96,7 +96,8 @@ class KD3(Method):
         student.eval()
         if self.robust:
             z_t = ctx.teacher_logits
-            z_s = _predict(student, ctx, lambda part: ctx.norm.eval(part)) if share < 1 else None
+            images = ctx.train_set.images
+            z_s = predict_logits(student, images, ctx.norm, ctx.infer_batch) if share < 1 else None
         else:
 
             def view(part):
@@ -153,10 +154,6 @@ class KD3Paper(KD3):
 
 def _pooled(fmap: torch.Tensor) -> torch.Tensor:
     return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1).float()
-
-
-def _predict(model, ctx, view) -> torch.Tensor:
-    return _predict_pair(None, model, ctx, view)[1]
 
 
 def _predict_pair(teacher, student, ctx, view):
