@@ -61,20 +61,49 @@ def test_gpu_overlay_reserves_a_gpu_and_uses_the_cuda_image():
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
 
+@pytest.mark.parametrize("missing", ["KD3_REDIS_PASSWORD", "KD3_FLOWER_PASSWORD"])
+def test_compose_refuses_to_start_without_a_password(missing):
+    env = {**os.environ, "KD3_REDIS_PASSWORD": PASSWORD, "KD3_FLOWER_PASSWORD": PASSWORD}
+    env.pop(missing)
+    run = subprocess.run(
+        [str(COMPOSE), "-f", "docker-compose.yml", "config", "-q"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"set {missing}" in lines[0], run.stderr
+
+
 def test_redis_service_runs_with_password_and_aof(services_config, tmp_path):
-    command = services_config["redis"]["command"]
-    assert command[0] == "redis-server" and "ports" not in services_config["redis"]
+    service = services_config["redis"]
+    command = service["command"]
+    assert command[:2] == ["sh", "-c"] and "ports" not in service
+    assert PASSWORD not in " ".join(command)
     port = free_port()
     # The container's data folder becomes a temp folder; everything else is the service's own.
-    local = [str(tmp_path) if arg == "/data" else arg for arg in command[1:]]
-    args = [str(redis_server_binary()), *local, "--port", str(port), "--bind", "127.0.0.1"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # `compose config` prints `$` escaped as `$$`, as in the file; the container sees `$`
+    script = command[2].replace("$$", "$").replace("redis-server", str(redis_server_binary()))
+    script = script.replace("--dir /data", f"--dir {tmp_path} --port {port} --bind 127.0.0.1")
+    env = {**os.environ, **service["environment"]}
+    proc = subprocess.Popen(
+        ["sh", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         client = redis.Redis(port=port, password=PASSWORD)
         wait_for(lambda: _pings(client), 10, "redis to answer")
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         with pytest.raises(redis.exceptions.AuthenticationError):
             redis.Redis(port=port).ping()
+        # exec: the shell became redis-server, and its command line holds no password
+        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert "redis-server" in argv and PASSWORD not in argv
+        # the healthcheck, with the image's redis-cli replaced by the local one
+        check = service["healthcheck"]["test"][1].replace(
+            "redis-cli", f"{redis_server_binary().parent / 'redis-cli'} -p {port}"
+        )
+        assert subprocess.run(["sh", "-c", check], env=env, timeout=10).returncode == 0
+        env.pop("REDISCLI_AUTH")
+        assert subprocess.run(["sh", "-c", check], env=env, timeout=10).returncode != 0
     finally:
         proc.terminate()
         proc.wait(10)
@@ -118,6 +147,7 @@ def test_worker_and_flower_commands_start_for_real(services_config, redis_server
         assert by_worker == {"crawl": {"crawl"}, "cpu": {"cpu"}, "gpu": {"gpu"}}, replies
 
         command, env = _local_command(services_config["flower"], redis_server.url, tmp_path)
+        assert PASSWORD not in " ".join(command)  # basic auth comes from FLOWER_BASIC_AUTH
         port = free_port()
         command = [c if not c.startswith("--port") else f"--port={port}" for c in command]
         procs.append(subprocess.Popen(command + ["--address=127.0.0.1"], cwd=ROOT, env=env,
