@@ -27,6 +27,11 @@ def register(subparsers) -> None:
     imp.add_argument(
         "--skip-invalid", action="store_true", help="leave bad files out instead of failing"
     )
+    imp.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="import symbolic links that point outside the folder (refused by default)",
+    )
     imp.set_defaults(func=cmd_import)
 
     info = sub.add_parser("info", help="counts by class and status")
@@ -37,7 +42,12 @@ def register(subparsers) -> None:
 def cmd_import(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     report = import_into_pool(
-        args.source, args.out, args.classes, args.skip_invalid, progress=sys.stderr.isatty()
+        args.source,
+        args.out,
+        args.classes,
+        args.skip_invalid,
+        progress=sys.stderr.isatty(),
+        follow_symlinks=args.follow_symlinks,
     )
     for line in report.skipped:
         print(f"skipped {line}", file=sys.stderr)

@@ -6,6 +6,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pool.errors import InvalidImage
@@ -23,18 +24,8 @@ class ImageInfo:
     frames: int
 
 
-def inspect_image(
-    data: bytes,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    min_side: int = DEFAULT_MIN_SIDE,
-    formats: frozenset[str] = ALLOWED_FORMATS,
-) -> ImageInfo:
-    """Fully decode `data` (first frame) and return its size and format, or raise InvalidImage.
-
-    The pixel count is checked from the header, before any pixel is decoded, so a small file
-    that declares 30000x30000 pixels costs nothing.
-    """
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open `data` lazily, refusing decompression bombs from the header alone."""
     if not data:
         raise InvalidImage("empty", "no bytes")
     try:
@@ -47,13 +38,30 @@ def inspect_image(
         raise InvalidImage("not_an_image", "no known image signature") from None
     except Exception as exc:  # a known signature whose header is cut or broken
         raise InvalidImage("truncated_or_corrupt", f"{type(exc).__name__}: {exc}") from None
-    with img:
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise InvalidImage("too_many_pixels", f"{width}x{height}")
+    return img
+
+
+def inspect_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    formats: frozenset[str] = ALLOWED_FORMATS,
+) -> ImageInfo:
+    """Fully decode `data` (first frame) and return its size and format, or raise InvalidImage.
+
+    The pixel count is checked from the header, before any pixel is decoded, so a small file
+    that declares 30000x30000 pixels costs nothing.
+    """
+    with _open(data, max_pixels) as img:
         fmt = img.format or "?"
         if fmt not in formats:
             raise InvalidImage("format_not_allowed", fmt)
         width, height = img.size
-        if width * height > max_pixels:
-            raise InvalidImage("too_many_pixels", f"{width}x{height}")
         if min(width, height) < min_side:
             raise InvalidImage("too_small", f"{width}x{height}")
         try:
@@ -65,16 +73,31 @@ def inspect_image(
     return ImageInfo(width=width, height=height, format=fmt, frames=frames)
 
 
-def decode_rgb(data: bytes) -> Image.Image:
-    """Decode the first frame as RGB, honouring EXIF orientation; transparent areas become white."""
-    img = Image.open(io.BytesIO(data))
-    img.seek(0)
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+BACKGROUND = (255, 255, 255)  # transparent areas are composited on white
+_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit gray; "I" is read as 0..65535
+
+
+def decode_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode the first frame as 8-bit RGB, or raise InvalidImage.
+
+    EXIF orientation is applied; any transparency (alpha channel, palette or tRNS entry) is
+    composited on BACKGROUND; 16-bit grayscale is scaled to 8 bits (0..65535 -> 0..255);
+    CMYK goes through Pillow's conversion. Decompression bombs are refused as in inspect_image.
+    """
+    img = _open(data, max_pixels)
+    try:
+        img.seek(0)
+        img = ImageOps.exif_transpose(img)
+        if img.mode in _WIDE_GRAY:
+            wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+            img = Image.fromarray(((wide + 128) // 257).astype(np.uint8), "L")
+        elif img.has_transparency_data:
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+            img = Image.alpha_composite(background, rgba)
+        return img.convert("RGB")
+    except Exception as exc:
+        raise InvalidImage("truncated_or_corrupt", f"{type(exc).__name__}: {exc}") from None
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:

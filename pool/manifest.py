@@ -7,6 +7,7 @@ stages) are type-checked when present; unknown extra columns are kept as they ar
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -53,6 +54,11 @@ OPTIONAL_FIELDS = [
     pa.field("dup_similarity", pa.float32()),
 ]
 
+# A stored image's path is a function of its sha256; anything else (absolute, "..", another
+# folder) is refused when the manifest is read or written.
+PATH_PATTERN = r"images/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]+"
+PATH_FORM = "images/<sha256[:2]>/<sha256>.<ext>"
+
 CORE_SCHEMA = pa.schema(CORE_FIELDS, metadata={VERSION_KEY: str(MANIFEST_VERSION).encode()})
 _KNOWN = {f.name: f for f in CORE_FIELDS + OPTIONAL_FIELDS}
 
@@ -70,8 +76,19 @@ def table_from_rows(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def validate(table: pa.Table, where: str) -> pa.Table:
-    """Check columns, types and values; raise a one-line PoolError naming `where`."""
+def path_sha256(path: str) -> str | None:
+    """The sha256 a stored image's path names, or None if it is not of the form PATH_FORM."""
+    if re.fullmatch(PATH_PATTERN, path) and path[7:9] == path[10:12]:
+        return path[10:74]
+    return None
+
+
+def validate(table: pa.Table, where: str, num_classes: int = 0) -> pa.Table:
+    """Check columns, types and values; raise a one-line PoolError naming `where`.
+
+    `num_classes` is the length of the pool's classes.json: class_index must be -1 (unknown)
+    or a valid index into it.
+    """
     version = (table.schema.metadata or {}).get(VERSION_KEY)
     if version is None:
         raise PoolError(f"{where}: not a kd3 manifest (no {VERSION_KEY.decode()} in its metadata)")
@@ -96,23 +113,51 @@ def validate(table: pa.Table, where: str) -> pa.Table:
         raise PoolError(f"{where}: unknown status {sorted(bad)}; allowed: {', '.join(STATUSES)}")
     if len(pc.unique(table.column("sha256"))) != table.num_rows:
         raise PoolError(f"{where}: sha256 values are not unique")
+    sha, path = table.column("sha256"), table.column("path")
+    ok = pc.and_(
+        pc.match_substring_regex(path, f"^{PATH_PATTERN}$"),
+        pc.and_(
+            pc.equal(pc.utf8_slice_codeunits(path, 10, 74), sha),
+            pc.equal(pc.utf8_slice_codeunits(path, 7, 9), pc.utf8_slice_codeunits(sha, 0, 2)),
+        ),
+    )
+    _refuse_first(table, pc.invert(ok), where, lambda r: f"path {r['path']!r} is not {PATH_FORM}")
+    labels = table.column("class_index")
+    bad = pc.or_(pc.less(labels, -1), pc.greater_equal(labels, num_classes))
+    _refuse_first(
+        table,
+        bad,
+        where,
+        lambda r: (
+            f"class_index {r['class_index']} is out of range for the {num_classes} "
+            "class names in classes.json"
+        ),
+    )
     return table
 
 
-def read(path: Path) -> pa.Table:
+def _refuse_first(table: pa.Table, bad: pa.ChunkedArray, where: str, describe) -> None:
+    """Raise a PoolError naming the first row where `bad` is true (nulls count as fine)."""
+    i = pc.index(pc.fill_null(bad, False), True).as_py()
+    if i >= 0:
+        row = table.slice(i, 1).to_pylist()[0]
+        raise PoolError(f"{where}: row {i} (sha256 {row['sha256']}): {describe(row)}")
+
+
+def read(path: Path, num_classes: int = 0) -> pa.Table:
     if not path.exists():
         raise PoolError(f"{path}: manifest missing")
     try:
         table = pq.read_table(path)
     except Exception as exc:
         raise PoolError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
-    return validate(table, str(path))
+    return validate(table, str(path), num_classes)
 
 
-def write(path: Path, table: pa.Table) -> None:
+def write(path: Path, table: pa.Table, num_classes: int = 0) -> None:
     """Validate, then replace the manifest atomically (readers see the old or the new file)."""
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **CORE_SCHEMA.metadata})
-    validate(table, str(path))
+    validate(table, str(path), num_classes)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

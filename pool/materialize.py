@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from pool.errors import PoolError
+from pool.errors import InvalidImage, PoolError
 from pool.images import decode_rgb, resize_center_crop
 from pool.store import Pool
 
-CACHE_FORMAT = 1  # bump when the decode/resize recipe changes
+CACHE_FORMAT = 2  # bump when the decode/resize recipe changes
 
 
 @dataclass
@@ -32,10 +32,11 @@ class Materialized:
 
 
 def _decode_one(pool: Pool, row_path: str, size: int) -> np.ndarray:
+    data = pool.read_bytes(row_path)  # refuses paths outside the pool and changed files
     try:
-        img = decode_rgb(pool.read_bytes(row_path))
-    except Exception as exc:
-        raise PoolError(f"{pool.root / row_path}: cannot decode ({type(exc).__name__})") from None
+        img = decode_rgb(data)
+    except InvalidImage as exc:
+        raise PoolError(f"{pool.root / row_path}: cannot decode ({exc})") from None
     return np.asarray(resize_center_crop(img, size), dtype=np.uint8)
 
 

@@ -103,7 +103,11 @@ class Pool:
 
     # -- reading -----------------------------------------------------------------------------
     def manifest(self) -> pa.Table:
-        return manifest.read(self.manifest_path)
+        return manifest.read(self.manifest_path, self._num_classes())
+
+    def _num_classes(self) -> int:
+        classes = self.classes()
+        return len(classes) if classes else 0
 
     def classes(self) -> ClassList | None:
         return ClassList.read(self.classes_path) if self.classes_path.exists() else None
@@ -113,10 +117,27 @@ class Pool:
         return pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
 
     def image_path(self, row_path: str) -> Path:
-        return self.root / row_path
+        """The real file of a manifest path, refused unless the path has the stored form and
+        the file, symlinks followed, is inside the pool."""
+        if manifest.path_sha256(row_path) is None:
+            raise PoolError(f"{self.root}: image path {row_path!r} is not {manifest.PATH_FORM}")
+        real = Path(os.path.realpath(self.root / row_path))
+        if not real.is_relative_to(os.path.realpath(self.root)):
+            raise PoolError(f"{self.root / row_path}: resolves to {real}, outside the pool")
+        return real
 
     def read_bytes(self, row_path: str) -> bytes:
-        return (self.root / row_path).read_bytes()
+        """An image's stored bytes, checked against the sha256 its path names."""
+        path = self.image_path(row_path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise PoolError(f"{self.root / row_path}: cannot read ({exc.strerror})") from None
+        if sha256_hex(data) != manifest.path_sha256(row_path):
+            raise PoolError(
+                f"{self.root / row_path}: sha256 mismatch (the file was changed or replaced)"
+            )
+        return data
 
     # -- writing -----------------------------------------------------------------------------
     @contextmanager
@@ -176,7 +197,9 @@ class Pool:
             result.already_present = [s for s in rows if s in known]
             if new_rows:
                 manifest.write(
-                    self.manifest_path, manifest.concat(table, manifest.table_from_rows(new_rows))
+                    self.manifest_path,
+                    manifest.concat(table, manifest.table_from_rows(new_rows)),
+                    self._num_classes(),
                 )
             refinds = self._new_finds(shas, items, known, new_rows)
             if refinds:
@@ -257,7 +280,7 @@ class Pool:
         """Read-modify-write the manifest under the lock; `change` returns the new table."""
         with self.locked():
             new = change(self.manifest())
-            manifest.write(self.manifest_path, new)
+            manifest.write(self.manifest_path, new, self._num_classes())
             return new
 
     # -- summaries ---------------------------------------------------------------------------
