@@ -30,11 +30,10 @@ NETWORK = {
     "CONCURRENT_REQUESTS": 32,
     "CONCURRENT_REQUESTS_PER_DOMAIN": 32,
     "AUTOTHROTTLE_ENABLED": False,
-    "ROBOTSTXT_OBEY": True,
     "LOG_LEVEL": "WARNING",
-    "TELNETCONSOLE_ENABLED": False,
-    "REMOTE_CONTROL_ENABLED": False,
 }
+# kd3's fixed defaults (crawler/settings.py; a crawl may not change them), given to plain Scrapy
+KD3_FIXED = {"ROBOTSTXT_OBEY": True, "TELNETCONSOLE_ENABLED": False, "REMOTE_CONTROL_ENABLED": False}
 
 PLAIN = """
 import json, sys, time
@@ -65,7 +64,7 @@ from crawler.run import crawl
 seed, out, redis_url, network = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 start = time.perf_counter()
 result = crawl(["cat", "dog"], out, sources=["site"], per_class=0, seeds=[seed], redis_url=redis_url,
-               crawl_id="bench", allow_networks=["127.0.0.0/8"],
+               crawl_id="bench", allow_networks=["127.0.0.1/32"],
                settings={**network, "KD3_SITE_DEPTH": 1, "KD3_MIN_SIDE": 8, **json.loads(sys.argv[5])})
 print(json.dumps({"seconds": time.perf_counter() - start, "stats": result.stats}))
 """
@@ -121,7 +120,7 @@ def main() -> None:
         print(f"local web: {args.images} JPEG images ({args.size}x{args.size}, "
               f"{nbytes / 1e6:.1f} MB) on {-(-args.images // args.per_page)} pages")  # fmt: skip
         network = json.dumps(NETWORK)
-        plain = run(PLAIN, seed, f"{tmp}/plain", network)
+        plain = run(PLAIN, seed, f"{tmp}/plain", json.dumps({**NETWORK, **KD3_FIXED}))
         plain_files = sum(1 for p in Path(tmp, "plain").rglob("*.jpg"))
         ours = run(KD3, seed, f"{tmp}/pool", redis_server.url, network, args.extra)
         stored = int(ours["stats"].get("images_stored", 0))

@@ -41,7 +41,7 @@ def refusal_reason(address: Address) -> str | None:
 
 @dataclass(frozen=True)
 class AddressPolicy:
-    """Refuse non-global addresses except inside `allowed` networks (e.g. 127.0.0.0/8)."""
+    """Refuse non-global addresses except inside `allowed` networks (e.g. 127.0.0.1/32)."""
 
     allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 

@@ -53,11 +53,13 @@ def register(subparsers) -> None:
     crawl.add_argument("--shared", action="store_true",
                        help="share the request queue in Redis with other processes on this crawl")  # fmt: skip
     crawl.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
-                       help="allow these non-public addresses (e.g. 127.0.0.0/8 for a local demo)")  # fmt: skip
+                       help="allow this non-public network, as narrow as possible "
+                       "(e.g. 127.0.0.1/32 for a local demo)")  # fmt: skip
     crawl.add_argument("--host", type=_pairs, action="append", default=[], metavar="NAME=IP",
                        help="answer this host name with this address before DNS")  # fmt: skip
     crawl.add_argument("-s", "--set", type=_setting, action="append", default=[],
-                       metavar="NAME=VALUE", help="any Scrapy or KD3_ setting (JSON values)")  # fmt: skip
+                       metavar="NAME=VALUE", help="an allowed crawl setting, JSON value (e.g. "
+                       "DOWNLOAD_DELAY=0.5; the list is in crawler/allowed_settings.py)")  # fmt: skip
     crawl.set_defaults(func=cmd_crawl)
 
     stats = subparsers.add_parser("stats", help="print a crawl's stats from Redis")

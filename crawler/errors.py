@@ -3,3 +3,7 @@
 
 class CrawlError(Exception):
     """The crawl cannot start as asked (bad source, no Redis, ...); one line for the user."""
+
+
+class SettingError(CrawlError, ValueError):
+    """A crawl setting that may not be set, or a bad value for one; the line names the setting."""

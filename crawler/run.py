@@ -7,6 +7,7 @@ request queue and duplicate filter live in Redis (scrapy-redis).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import uuid
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import redis
 
+from crawler.allowed_settings import check_settings
 from crawler.errors import CrawlError
 from crawler.stats import read_stats, stats_key
 from pool.classes import ClassList
@@ -57,7 +59,7 @@ def build_settings(
     overrides: Mapping | None = None,
 ):
     """The Scrapy settings of one crawl: crawler/settings.py, then these arguments, then
-    `overrides` (any Scrapy or KD3_ setting)."""
+    `overrides` (only settings crawler/allowed_settings.py allows; anything else is refused)."""
     from scrapy.settings import Settings
 
     settings = Settings()
@@ -86,7 +88,7 @@ def build_settings(
     else:  # Scrapy's job directory: an interrupted crawl resumes where it stopped
         values["KD3_JOBDIR_ROOT"] = str(pool / "crawls" / crawl_id)
     settings.setdict(values, priority="cmdline")
-    settings.setdict(dict(overrides or {}), priority="cmdline")
+    settings.setdict(check_settings(overrides), priority="cmdline")
     return settings
 
 
@@ -109,8 +111,14 @@ def crawl(
     """Collect up to `per_class` images per class from `sources` into the pool at `out`.
 
     Stats go to the Redis hash kd3:crawl:<crawl_id>:stats as the crawl runs. Run again with the
-    same `crawl_id` to resume an interrupted crawl.
+    same `crawl_id` to resume an interrupted crawl. `settings`: see crawler/allowed_settings.py.
     """
+    settings = check_settings(settings)
+    for network in allow_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            raise CrawlError(f"--allow-network {network}: {exc}") from None
     unknown = sorted(set(sources) - set(SOURCES))
     if unknown or not sources:
         raise CrawlError(f"unknown sources {unknown}; choose from {', '.join(SOURCES)}")
@@ -122,7 +130,7 @@ def crawl(
         client.ping()
     except redis.RedisError as exc:
         raise CrawlError(f"cannot reach Redis at {redis_url}: {exc}") from None
-    if "site" in sources and not seeds and not (settings or {}).get("KD3_SEEDS"):
+    if "site" in sources and not seeds:
         raise CrawlError("the site source needs seed URLs (--seed URL)")
 
     class_list = ClassList.from_names(classes, {k: list(v) for k, v in (keywords or {}).items()})
@@ -145,7 +153,13 @@ def crawl(
         result.skipped_sources.append("flickr")
     if sources:
         _run_spiders(scrapy_settings, sources, class_list)
-    result.stats = read_stats(client, crawl_id)
+    try:
+        result.stats = read_stats(client, crawl_id)
+    except redis.RedisError as exc:  # Redis went away during the crawl
+        raise CrawlError(
+            f"lost Redis at {redis_url} during crawl {crawl_id} ({exc}); the images stored are "
+            f"in {pool.root}, but the crawl's stats are incomplete"
+        ) from None
     return result
 
 

@@ -1,6 +1,7 @@
 """Every crawler default in one place. `crawler.run.crawl` and `scrapy crawl` override them.
 
-Scrapy settings keep their Scrapy names; kd3's own settings start with KD3_.
+Scrapy settings keep their Scrapy names; kd3's own settings start with KD3_. A job spec or
+`kd3 crawl -s` may override only those in crawler/allowed_settings.py.
 """
 
 import os
@@ -37,7 +38,8 @@ KD3_STATS_FLUSH_SECONDS = 1.0  # Redis stats hash update period
 
 # -- kd3: safety ---------------------------------------------------------------------------------
 # Non-global addresses (private, loopback, link-local, ...) are refused unless inside one of these
-# networks, e.g. ["127.0.0.0/8"] for tests and the demo.
+# networks, e.g. ["127.0.0.1/32"] for tests and the demo (as narrow as possible: 127.0.0.0/8 would
+# let a redirect reach 127.0.0.2). Set only with --allow-network, never as a setting.
 KD3_ALLOWED_NETWORKS = []
 KD3_STATIC_HOSTS = {}  # host name -> IPv4 address, answered before DNS (tests map names here)
 KD3_RETRY_BACKOFF_BASE = 1.0  # seconds; doubled per retry of a 429/5xx without Retry-After

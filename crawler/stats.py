@@ -47,6 +47,7 @@ class CrawlStats:
         self.fields: dict[str, str] = {}
         self.users = 0
         self._loop = None
+        self._failing = False  # warn once per Redis outage, not every flush
 
     @classmethod
     def for_crawler(cls, crawler) -> CrawlStats:
@@ -119,11 +120,14 @@ class CrawlStats:
             if final:
                 left = int(self.client.hget(self.key, "processes_running") or 0)
                 self.client.hset(self.key, "status", "running" if left > 0 else "finished")
+            self._failing = False
         except redis.RedisError as exc:
             self.counts.update(counts)  # keep them for the next flush
             self.fields = {**fields, **self.fields}
-            level = logging.ERROR if final else logging.WARNING
-            logger.log(level, "crawl stats: could not write to Redis (%s)", exc)
+            if final or not self._failing:
+                level = logging.ERROR if final else logging.WARNING
+                logger.log(level, "crawl stats: could not write to Redis (%s)", exc)
+            self._failing = True
 
 
 class StatsExtension:

@@ -12,11 +12,14 @@ from an existing pool; leave out `dedup` or `distill` to stop earlier.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crawler.allowed_settings import check_settings
 
 
 class ConfigError(Exception):
@@ -37,9 +40,21 @@ class CrawlSpec(_Strict):
     per_class: int = Field(100, ge=0)
     seeds: list[str] = []
     source_urls: dict[str, str] = {}
-    allow_networks: list[str] = []  # e.g. 127.0.0.0/8 for a local demo web
+    allow_networks: list[str] = []  # as narrow as possible, e.g. 127.0.0.1/32 for a local demo
     hosts: dict[str, str] = {}
-    settings: dict[str, Any] = {}  # any Scrapy or KD3_ setting
+    settings: dict[str, Any] = {}  # only crawl settings that crawler/allowed_settings.py allows
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad network
+        return value
+
+    @field_validator("settings")
+    @classmethod
+    def _allowed_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_settings(value)  # SettingError (a ValueError): one line per setting
 
 
 class DedupSpec(_Strict):

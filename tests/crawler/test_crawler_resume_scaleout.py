@@ -1,5 +1,6 @@
 """Crawls that outlive one process: resume after an interruption (Scrapy's job directory), and
-two processes sharing one crawl through Redis (scrapy-redis queue and duplicate filter)."""
+two processes sharing one crawl through Redis (scrapy-redis queue and duplicate filter); and a
+crawl that outlives its Redis."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from crawler.localweb import Response
 from crawler.stats import read_stats
 from pool.store import Pool
 from tests.crawler.crawler_testkit import settings_args, smooth_image, start_crawl
+from workers.local_redis import RedisServer
 
 
 def slow_gallery(web, n: int, delay: float) -> list[str]:
@@ -33,7 +35,7 @@ def crawl_args(web, redis_server, out, crawl_id, *extra_settings):
     return [
         "--classes", "cat", "--out", str(out), "--sources", "site", "--per-class", "0",
         "--seed", web.url("/gallery.html"), "--redis", redis_server.url, "--crawl-id", crawl_id,
-        "--allow-network", "127.0.0.0/8",
+        "--allow-network", "127.0.0.1/32",
         *settings_args("CONCURRENT_REQUESTS_PER_DOMAIN=2", *extra_settings),
     ]  # fmt: skip
 
@@ -112,3 +114,25 @@ def test_two_processes_share_one_crawl(local_web, redis_server, tmp_path):
     stats = read_stats(redis_server.client(), "shared")
     assert stats["images_stored"] == "60" and stats["processes_running"] == "0"
     assert stats["status"] == "finished"
+
+
+def test_redis_lost_mid_crawl_ends_in_one_line_with_the_images_kept(local_web, tmp_path):
+    paths = slow_gallery(local_web, 20, delay=0.2)
+    out = tmp_path / "pool"
+    with RedisServer(data_dir=tmp_path / "redis") as server:
+        process = start_crawl(*crawl_args(local_web, server, out, "lost"))
+        sent = lambda: int(read_stats(server.client(), "lost").get("requests", 0))  # noqa: E731
+        assert wait_for(lambda: sent() >= 4, 60, process), process.communicate()[1][-2000:]
+        server.stop()  # Redis goes away; the crawl goes on without it
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"crawl: error: lost Redis at {server.url} during crawl lost")
+    )
+    assert len(stderr.split("could not write to Redis")) <= 3  # warned once, then once at close
+    assert {row["url"] for row in Pool.open(out).manifest().to_pylist()} == {
+        local_web.url(p) for p in paths
+    }

@@ -76,3 +76,35 @@ def test_kd3_run_refuses_a_bad_config_in_one_line(tmp_path):
     assert run.stderr.strip() == (
         f"kd3 run: error: {path}: distill.student: unknown architecture 'resnet9000' (kd3 models lists them)"
     )
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ("{TELNETCONSOLE_ENABLED: true, TELNETCONSOLE_PORT: [6023, 6023]}",
+         "crawl.settings: Value error, TELNETCONSOLE_ENABLED: not an allowed crawl setting; "
+         "TELNETCONSOLE_PORT: not an allowed crawl setting; allowed: CONCURRENT_REQUESTS"),
+        ("{KD3_POOL: /elsewhere/pool}", "KD3_POOL: set it with --out, not as a crawl setting"),
+        ("{DOWNLOADER_MIDDLEWARES: {crawler.middlewares.AddressPolicyMiddleware: null}}",
+         "DOWNLOADER_MIDDLEWARES: not an allowed crawl setting"),
+        ("{EXTENSIONS: {}}", "EXTENSIONS: not an allowed crawl setting"),
+        ("{DOWNLOAD_DELAY: soon}", "DOWNLOAD_DELAY: Input should be a valid number"),
+        ("{RETRY_TIMES: 1000}", "RETRY_TIMES: Input should be less than or equal to 10"),
+        ("{USER_AGENT: \"a\\r\\nX-Evil: 1\"}", "USER_AGENT: String should match pattern"),
+    ],
+)  # fmt: skip
+def test_a_spec_with_a_refused_crawl_setting_is_refused_in_one_line(tmp_path, settings, message):
+    path = _write(tmp_path, f"name: x\nclasses: [cat]\ncrawl: {{settings: {settings}}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_spec_keeps_allowed_crawl_settings_typed_and_checks_networks(tmp_path):
+    spec = "crawl: {allow_networks: [127.0.0.1/32], settings: {DOWNLOAD_DELAY: '0.5'}}"
+    config = load_config(_write(tmp_path, f"name: x\nclasses: [cat]\n{spec}\n"))
+    assert config.crawl.settings == {"DOWNLOAD_DELAY": 0.5}
+    path = _write(tmp_path, "name: x\nclasses: [cat]\ncrawl: {allow_networks: [localhost]}\n")
+    with pytest.raises(ConfigError, match="crawl.allow_networks: .*'localhost'"):
+        load_config(path)

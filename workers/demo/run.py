@@ -101,7 +101,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "full", seed: i
                 sources=["site"],
                 seeds=[local.url("/")],
                 per_class=0,
-                allow_networks=["127.0.0.0/8"],
+                allow_networks=["127.0.0.1/32"],
                 settings={"AUTOTHROTTLE_ENABLED": False, "DOWNLOAD_DELAY": 0},
             ),  # fmt: skip
             dedup=DedupSpec(eval=str(out / "eval.npz"), use_teacher=False),
