@@ -60,10 +60,14 @@ def _from_files(root: Path, files: list[Path], ids: list[str] | None = None) -> 
 def _from_pool(root: Path) -> EvalSet:
     from pool.store import Pool
 
-    table = Pool.open(root).manifest()
-    rows = [r for r in table.select(["sha256", "path", "status"]).to_pylist()]
+    pool = Pool.open(root)
+    rows = pool.manifest().select(["sha256", "path", "status"]).to_pylist()
     rows = [r for r in rows if r["status"] != "invalid"]
-    return _from_files(root, [root / r["path"] for r in rows], [r["sha256"] for r in rows])
+    if not rows:
+        raise DedupError(f"{root}: evaluation set has no images")
+    shas, paths = [r["sha256"] for r in rows], [r["path"] for r in rows]
+    # read through the pool: paths stay inside it and every file's sha256 is checked
+    return EvalSet(shas, shas, lambda i: _decode(pool.read_bytes(paths[i]), str(root / paths[i])))
 
 
 def _from_npz(path: Path) -> EvalSet:

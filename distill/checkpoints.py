@@ -6,11 +6,14 @@ kd3 format (a plain dict, loadable with torch.load(weights_only=True)):
     arch, num_classes, class_names, input_size, mean, std, summary (dict of numbers/strings)
     teacher_arch (kd3-student only: the shared classifier and projector follow its shapes)
     state_dict
-Checkpoint files are untrusted: they are only ever read with weights_only=True.
+Checkpoint files are untrusted: they are only ever read with weights_only=True, after the sizes
+their zip members inflate to are checked against a limit, and a model is only built from
+metadata within bounds and loaded with finite weights.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import tempfile
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distill.data import MAX_INPUT_SIZE, check_size
 from distill.errors import CheckpointError
 from distill.models import DEFAULT_INPUT_SIZE, create_model, final_linear
 
@@ -28,6 +32,11 @@ FORMAT = "kd3-model"
 VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What torch.load may inflate a checkpoint to (the zoo's largest model, resnet50, is ~100 MB;
+# a training state with its optimizer ~200 MB); $KD3_MAX_CHECKPOINT_BYTES overrides it.
+CHECKPOINT_BYTES_ENV, CHECKPOINT_BYTES_DEFAULT = "KD3_MAX_CHECKPOINT_BYTES", 1 << 30
+MAX_CLASSES = 100_000
+KINDS = ("classifier", "kd3-student")
 
 
 @dataclass
@@ -97,6 +106,8 @@ def read_checkpoint_file(path: str | Path) -> object:
     if head != b"PK" and head[:1] != b"\x80":
         raise CheckpointError(_not_a_checkpoint(path, "unknown file type"))
     try:
+        size = _inflated_size(path) if head == b"PK" else path.stat().st_size
+        check_size(path, size, CHECKPOINT_BYTES_ENV, CHECKPOINT_BYTES_DEFAULT, CheckpointError)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -110,6 +121,13 @@ def read_checkpoint_file(path: str | Path) -> object:
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(_not_a_checkpoint(path, type(exc).__name__)) from None
+
+
+def _inflated_size(path: Path) -> int:
+    """The uncompressed size of a zip's members (torch.save stores them uncompressed, but
+    torch.load inflates compressed ones too)."""
+    with zipfile.ZipFile(path) as archive:
+        return sum(info.file_size for info in archive.infolist())
 
 
 def _not_a_checkpoint(path, why: str) -> str:
@@ -132,12 +150,13 @@ def load_model(
     `arch`. Returns the model in eval mode (on the CPU) and its metadata."""
     body = read_checkpoint_file(path)
     if isinstance(body, dict) and body.get("format") == FORMAT:
-        if body.get("version", 0) > VERSION:
-            raise CheckpointError(f"{path}: kd3 checkpoint version {body['version']} is too new")
+        version = body.get("version", 0)
+        if not isinstance(version, int) or version > VERSION:
+            raise CheckpointError(f"{path}: kd3 checkpoint version {version!r} is not supported")
         meta = _meta_from_body(path, body)
         if arch is not None and arch != meta.arch:
             raise CheckpointError(f"{path}: checkpoint holds a {meta.arch}, not the {arch} given")
-        state = body["state_dict"]
+        state = _bare_state_dict(path, body.get("state_dict"))
     else:
         state = _bare_state_dict(path, body)
         if arch is None:
@@ -159,6 +178,7 @@ def load_model(
         raise CheckpointError(
             f"{path}: {len(class_names)} class names given for a {meta.num_classes}-class model"
         )
+    _check_meta(path, meta)
     model = build_model(meta)
     _load_state(path, model, state, meta)
     model.eval()
@@ -178,8 +198,31 @@ def _meta_from_body(path, body: dict) -> ModelMeta:
             teacher_arch=body.get("teacher_arch"),
             summary=dict(body.get("summary") or {}),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise CheckpointError(f"{path}: kd3 checkpoint metadata is incomplete ({exc})") from None
+
+
+def _check_meta(path, meta: ModelMeta) -> None:
+    """Metadata a model can be built from and its inputs normalised with."""
+    problems = []
+    if meta.kind not in KINDS:
+        problems.append(f"kind {meta.kind!r} is not one of {', '.join(KINDS)}")
+    if not 1 <= meta.num_classes <= MAX_CLASSES:
+        problems.append(f"num_classes {meta.num_classes} is not in 1..{MAX_CLASSES}")
+    names = meta.class_names
+    if names is not None and (
+        len(names) != meta.num_classes or not all(isinstance(n, str) for n in names)
+    ):
+        problems.append(f"class_names must be {meta.num_classes} strings, one per class")
+    if not 1 <= meta.input_size <= MAX_INPUT_SIZE:
+        problems.append(f"input_size {meta.input_size} is not in 1..{MAX_INPUT_SIZE}")
+    mean, std = list(meta.mean), list(meta.std)
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std):
+        problems.append(f"mean {mean} and std {std} must be three finite numbers each")
+    elif min(std) <= 0:
+        problems.append(f"std {std} must be positive")
+    if problems:
+        raise CheckpointError(f"{path}: unusable model metadata: {'; '.join(problems)}")
 
 
 def _bare_state_dict(path, body) -> dict:
@@ -203,9 +246,9 @@ def _infer_num_classes(arch: str, state: dict) -> int:
     probe = create_model(arch, 2)
     names = {id(p): n for n, p in probe.named_parameters()}
     key = names[id(final_linear(probe).weight)]
-    if key not in state:
+    if key not in state or state[key].ndim != 2:
         raise CheckpointError(
-            f"state_dict does not fit {arch}: it has no '{key}' (the classifier weight)"
+            f"state_dict does not fit {arch}: it has no 2-D '{key}' (the classifier weight)"
         )
     return int(state[key].shape[0])
 
@@ -229,4 +272,9 @@ def _load_state(path, model: nn.Module, state: dict, meta: ModelMeta) -> None:
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
         raise CheckpointError(f"{path}: weights do not fit {what}: {'; '.join(parts)}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[0]})"
+        )
     model.load_state_dict(state)

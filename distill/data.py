@@ -9,7 +9,10 @@ per-image Python in the training loop.
 from __future__ import annotations
 
 import io
+import itertools
 import math
+import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +20,28 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from distill.errors import DistillError
+
+# Bounds on what loading untrusted files may allocate. The byte limits are read from the
+# environment at each load (a whole number of bytes), so bigger data needs no code change.
+DATA_BYTES_ENV, DATA_BYTES_DEFAULT = "KD3_MAX_DATA_BYTES", 8 << 30  # an image set, decoded
+MAX_INPUT_SIZE = 1024  # pixels per side of the images a model is trained or evaluated on
+MAX_IMAGE_PIXELS = 4096 * 4096  # one image of an npz's JPEG form, checked before decoding
+
+
+def check_size(source, nbytes: int, env: str, default: int, error=DistillError) -> None:
+    """Refuse to load `nbytes` when they exceed the limit: $`env` bytes, else `default`."""
+    try:
+        limit = int(os.environ.get(env, default))
+    except ValueError:
+        raise error(f"{env} must be a whole number of bytes") from None
+    if nbytes > limit:
+        raise error(
+            f"{source}: refused: it would take {nbytes:,} bytes once loaded, over the limit of "
+            f"{limit:,} ({env})"
+        )
 
 
 @dataclass
@@ -40,17 +63,62 @@ class ImageSet:
     def has_labels(self) -> bool:
         return bool((self.labels >= 0).any())
 
+    @property
+    def num_classes(self) -> int:
+        """The classes its labels index: its class names, else the largest label + 1 (0 when
+        it has neither)."""
+        return len(self.class_names) if self.class_names else int(self.labels.max()) + 1
+
+
+def check_classes(
+    data: ImageSet, num_classes: int, names: list[str] | None = None, need_labels: bool = True
+) -> None:
+    """`data` fits a `num_classes`-class model (named `names`): its labels index those classes,
+    its class names (when both have names) are the model's, and, with need_labels, it has
+    labels at all (evaluation data)."""
+    if need_labels and not data.has_labels:
+        raise DistillError(f"{data.source}: evaluation data needs labels ('y')")
+    if int(data.labels.max()) >= num_classes:
+        raise DistillError(
+            f"{data.source}: label {int(data.labels.max())} out of range for a "
+            f"{num_classes}-class model"
+        )
+    if names and data.class_names and list(data.class_names) != list(names):
+        raise DistillError(
+            f"{data.source}: class names {data.class_names} differ from the model's {names}"
+        )
+
 
 def load_images(path: str | Path, size: int | None = 32, progress: bool = False) -> ImageSet:
     """Load a pool directory (kept images) or an .npz (`x` or JPEG `jpeg`/`offsets`, optional `y`
     and `class_names`) as uint8 images of `size` x `size` (npz images are resized if needed;
     size None keeps an npz's own size, and means 32 for a pool)."""
     path = Path(path)
+    if size is not None and not 1 <= size <= MAX_INPUT_SIZE:
+        raise DistillError(f"image size {size} out of range: 1 to {MAX_INPUT_SIZE} pixels")
     if path.is_dir():
-        return _load_pool(path, size or 32, progress)
-    if not path.exists():
+        data = _load_pool(path, size or 32, progress)
+    elif not path.exists():
         raise DistillError(f"{path}: no such pool directory or .npz file")
-    return _load_npz(path, size)
+    else:
+        data = _load_npz(path, size)
+    _check_labels(data)
+    return data
+
+
+def _check_labels(data: ImageSet) -> None:
+    """Labels are -1 (unknown) or index the set's class names; names are distinct."""
+    names, labels = data.class_names or None, data.labels
+    if names is not None and len(set(names)) != len(names):
+        raise DistillError(f"{data.source}: class names must be distinct, got {names}")
+    low, high = int(labels.min()), int(labels.max())
+    top = len(names) - 1 if names is not None else None
+    if low < -1 or (top is not None and high > top):
+        allowed = f"0 to {top} (one per class name)" if top is not None else "0 or more"
+        raise DistillError(
+            f"{data.source}: labels run from {low} to {high}; they must be -1 (unknown) or "
+            f"{allowed}"
+        )
 
 
 def _load_pool(path: Path, size: int, progress: bool) -> ImageSet:
@@ -76,37 +144,89 @@ def _load_pool(path: Path, size: int, progress: bool) -> ImageSet:
 
 def _load_npz(path: Path, size: int | None) -> ImageSet:
     try:
+        check_size(path, _npz_bytes(path), DATA_BYTES_ENV, DATA_BYTES_DEFAULT)
         archive = np.load(path, allow_pickle=False)
         keys = set(archive.files)
         if "x" in keys:
             x = archive["x"]
         elif {"jpeg", "offsets"} <= keys:
-            x = _decode_jpegs(archive["jpeg"], archive["offsets"])
+            x = _decode_jpegs(path, archive["jpeg"], archive["offsets"])
         else:
             raise DistillError(f"{path}: no 'x' (uint8 N,H,W,3) or 'jpeg'/'offsets' arrays")
-        y = archive["y"].astype(np.int64) if "y" in keys else np.full(len(x), -1, np.int64)
-        names = [str(n) for n in archive["class_names"]] if "class_names" in keys else None
+        y = archive["y"] if "y" in keys else np.full(len(x), -1, np.int64)
+        names = archive["class_names"] if "class_names" in keys else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DistillError(f"{path}: not a readable .npz ({type(exc).__name__})") from None
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise DistillError(f"{path}: 'x' must be uint8 (N,H,W,3), got {x.dtype} {x.shape}")
-    if len(y) != len(x):
-        raise DistillError(f"{path}: 'y' has {len(y)} labels for {len(x)} images")
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or 0 in x.shape:
+        raise DistillError(f"{path}: 'x' must be uint8 (N,H,W,3) with N>0, got {x.dtype} {x.shape}")
+    if size is None and max(x.shape[1:3]) > MAX_INPUT_SIZE:
+        raise DistillError(
+            f"{path}: images of {x.shape[1]}x{x.shape[2]} pixels are over the "
+            f"limit of {MAX_INPUT_SIZE}; give a smaller image size"
+        )
+    if y.dtype.kind not in "iu" or y.shape != (len(x),):
+        raise DistillError(
+            f"{path}: 'y' must be {len(x)} integer labels (-1: unknown), got {y.dtype} {y.shape}"
+        )
+    if names is not None and (names.dtype.kind != "U" or names.ndim != 1):
+        raise DistillError(f"{path}: 'class_names' must be a list of strings")
     images = torch.from_numpy(np.ascontiguousarray(x))
     if size is not None and images.shape[1:3] != (size, size):
+        check_size(path, len(images) * size * size * 3, DATA_BYTES_ENV, DATA_BYTES_DEFAULT)
         images = resize_uint8(images, size)
-    return ImageSet(images, torch.from_numpy(y), names, str(path))
+    labels = torch.from_numpy(y.astype(np.int64))
+    return ImageSet(images, labels, None if names is None else names.tolist(), str(path))
 
 
-def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    from PIL import Image
+def _npz_bytes(path: Path) -> int:
+    """What the arrays of an npz take once loaded, from their .npy headers: numpy allocates
+    each array from its header before it reads (and inflates) the data."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0
+                if version != (1, 0):
+                    read = np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+            total += math.prod(shape) * dtype.itemsize
+    return total
 
-    return np.stack(
-        [
-            np.asarray(Image.open(io.BytesIO(blob[a:b].tobytes())).convert("RGB"))
-            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
-        ]
-    )
+
+def _decode_jpegs(path: Path, blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The JPEG form, decoded: all images of one size, refused before decoding when one is
+    over MAX_IMAGE_PIXELS or all together would be over the data limit."""
+    if (
+        blob.dtype != np.uint8
+        or blob.ndim != 1
+        or offsets.dtype.kind not in "iu"
+        or offsets.ndim != 1
+        or len(offsets) < 2
+        or offsets[0] < 0
+        or offsets[-1] > len(blob)
+        or (np.diff(offsets) < 0).any()
+    ):
+        raise DistillError(f"{path}: 'jpeg' must be bytes and 'offsets' N+1 rising positions in it")
+    images = []
+    with warnings.catch_warnings():  # Pillow warns, then refuses, above its own pixel limits
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for i, (a, b) in enumerate(itertools.pairwise(offsets.tolist())):
+            try:
+                image = Image.open(io.BytesIO(blob[a:b].tobytes()))
+                w, h = image.size
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                w = h = MAX_IMAGE_PIXELS
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DistillError(f"{path}: image {i} is over {MAX_IMAGE_PIXELS:,} pixels")
+            if not images:
+                first = (w, h)
+                nbytes = (len(offsets) - 1) * w * h * 3
+                check_size(path, nbytes, DATA_BYTES_ENV, DATA_BYTES_DEFAULT)
+            elif (w, h) != first:
+                raise DistillError(f"{path}: image {i} is {w}x{h}, image 0 {first[0]}x{first[1]}")
+            images.append(np.asarray(image.convert("RGB")))
+    return np.stack(images)
 
 
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:

@@ -2,28 +2,37 @@
 
 A local directory by default (a shared volume in compose); any fsspec URL (s3://, gs://, ...)
 when workers run on several machines. Keys are relative paths such as
-`teachers/<sha256>.pt`, `pools/<name>` or `jobs/<job id>/student.pt`.
+`teachers/<sha256>.pt`, `pools/<name>` or `jobs/<job id>/student.pt`; every key, and every
+path a key maps to (the store itself, or the local cache of a remote store), is checked by
+workers.references before it is used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import fsspec
 
-
-class ArtifactError(Exception):
-    """An input that cannot be put into, or read from, the artifact store."""
-
-
-PREFIX = "artifact:"  # a job spec's reference to a key in the store, e.g. artifact:pools/pets
+from workers.references import (  # noqa: F401 - ArtifactError and PREFIX are used from here
+    PREFIX,
+    ArtifactError,
+    check_key,
+    check_local_path,
+    inside,
+    parse_ref,
+)
 
 
 class ArtifactStore:
-    def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                 local_roots: Iterable[str | os.PathLike] = ()):  # fmt: skip
+        """`local_roots`: folders whose files a job spec may name by plain path (none: every
+        input must be an `artifact:` reference)."""
         self.root_url = str(root)
         self.fs, self.root = fsspec.core.url_to_fs(self.root_url)
         self.is_local = "file" in (
@@ -33,9 +42,13 @@ class ArtifactStore:
             self.root = os.path.abspath(self.root)
             os.makedirs(self.root, exist_ok=True)
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "kd3" / "artifacts")
+        self.local_roots = tuple(local_roots)
 
     def url(self, key: str) -> str:
-        return f"{self.root.rstrip('/')}/{key}"
+        """Where `key` lives in the store; the one place keys become paths or URLs."""
+        if self.is_local:
+            return str(inside(self.root, check_key(key)))
+        return f"{self.root.rstrip('/')}/{check_key(key)}"
 
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.url(key))
@@ -50,7 +63,7 @@ class ArtifactStore:
         submitter's disk and the same file is stored once."""
         if not Path(local).is_file():
             raise ArtifactError(f"{local}: no such checkpoint file")
-        key = f"teachers/{_file_sha256(Path(local))}{Path(local).suffix or '.pt'}"
+        key = f"teachers/{_file_sha256(Path(local))}{_suffix(Path(local)) or '.pt'}"
         if not self.exists(key):
             self.put_file(local, key)
         return key
@@ -63,42 +76,63 @@ class ArtifactStore:
 
     def upload_input(self, ref: str | None) -> str | None:
         """A local input (file or pool directory) put into the store, as an `artifact:` ref, so
-        no job depends on the submitter's disk. Refs and None pass through."""
-        if ref is None or ref.startswith(PREFIX):
+        no job depends on the submitter's disk. Refs (once checked) and None pass through."""
+        if ref is None:
+            return None
+        if ref.startswith(PREFIX):
+            parse_ref(ref)
             return ref
         path = Path(ref)
         if not path.exists():
             raise ArtifactError(f"{path}: no such file or directory")
         if path.is_dir():
             digest = hashlib.sha256((path / "manifest.parquet").read_bytes()).hexdigest()[:12]
-            key = f"pools/{path.name}-{digest}"
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", path.resolve().name)[:64]
+            key = f"pools/{name}-{digest}"
             if not self.exists(key):
                 self.put_dir(path, key)
         else:
-            key = f"inputs/{_file_sha256(path)}{path.suffix}"
+            key = f"inputs/{_file_sha256(path)}{_suffix(path)}"
             if not self.exists(key):
                 self.put_file(path, key)
         return PREFIX + key
 
     def resolve(self, ref: str) -> Path:
-        """A spec input as a local path: an `artifact:` ref is fetched, anything else is a path."""
-        return self.local_path(ref[len(PREFIX) :]) if ref.startswith(PREFIX) else Path(ref)
+        """A spec input as a local path: an `artifact:` ref is fetched; anything else is a local
+        path, refused unless it lies in one of `local_roots`."""
+        if isinstance(ref, str) and ref.startswith(PREFIX):
+            return self.local_path(parse_ref(ref))
+        return check_local_path(ref, self.local_roots)
 
     def local_path(self, key: str) -> Path:
         """A local path holding the artifact: the file itself when the store is local, else a
         cached download."""
+        if not self.exists(key):
+            raise ArtifactError(f"{PREFIX}{key}: not in the artifact store")
         if self.is_local:
             return Path(self.url(key))
-        target = self.cache_dir / key
+        target = inside(self.cache_dir, check_key(key))
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + ".part")
-            if self.fs.isdir(self.url(key)):
-                self.fs.get(self.url(key), str(tmp), recursive=True)
-            else:
-                self.fs.get_file(self.url(key), str(tmp))
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._download(key, tmp)
             os.replace(tmp, target)
         return target
+
+    def _download(self, key: str, target: Path) -> None:
+        """Copy `key` (a file or a folder) to `target`; every file of a folder must land inside
+        `target`, whatever names the remote store holds."""
+        url = self.url(key).rstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not self.fs.isdir(url):
+            self.fs.get_file(url, str(target))
+            return
+        for remote in self.fs.find(url):
+            if not remote.startswith(url + "/"):
+                raise ArtifactError(f"{remote}: listed outside {url}")
+            dest = inside(target, remote[len(url) + 1 :])
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(remote, str(dest))
 
     def work_dir(self, key: str) -> Path:
         """A directory a stage writes into (and resumes from); `sync_up` publishes it under `key`.
@@ -110,10 +144,9 @@ class ArtifactStore:
             path = Path(self.url(key))
             path.mkdir(parents=True, exist_ok=True)
             return path
-        path = self.cache_dir / "work" / key
+        path = inside(self.cache_dir / "work", check_key(key))
         if not path.exists() and self.exists(key):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get(self.url(key) + "/", str(path), recursive=True)
+            self._download(key, path)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -126,6 +159,11 @@ class ArtifactStore:
             shutil.rmtree(self.url(key), ignore_errors=True)
         elif self.exists(key):
             self.fs.rm(self.url(key), recursive=True)
+
+
+def _suffix(path: Path) -> str:
+    """The file's extension when it is a plain one (it ends up in a key), else none."""
+    return path.suffix if re.fullmatch(r"\.[A-Za-z0-9_-]{1,16}", path.suffix) else ""
 
 
 def _file_sha256(path: Path) -> str:

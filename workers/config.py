@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crawler.allowed_settings import check_settings
+from distill.cli import DISTILL_METHODS
+from workers.references import check_name
 
 
 class ConfigError(Exception):
@@ -65,22 +67,56 @@ class DedupSpec(_Strict):
     use_teacher: bool = True  # ...or else with the distill teacher, when there is one
 
 
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class DistillOptions(_Strict):
+    """The TrainConfig fields a job may set beyond DistillSpec's own, typed and bounded (None:
+    the method's recipe decides); anything else is refused."""
+
+    schedule: Literal["cosine", "step", "onecycle"] | None = None
+    nesterov: bool | None = None
+    momentum: Fraction | None = None
+    weight_decay: float | None = Field(None, ge=0, le=0.1)
+    augment: Literal["rrc", "padcrop"] | None = None
+    crop_scale: tuple[Fraction, Fraction] | None = None
+    selection: bool | None = None
+    sharing: bool | None = None
+    mixing: bool | None = None
+    selection_rule: Literal["paper", "robust"] | None = None
+    epoch_size: Literal["selection", "pool"] | None = None
+    tau: Fraction | None = None
+    tau_min: Fraction | None = None
+    tau_max: Fraction | None = None
+    share_floor: Fraction | None = None
+    gamma: float | None = Field(None, ge=0, le=100)
+    mix_alpha: float | None = Field(None, ge=0, le=10)
+    nt_temperature: float | None = Field(None, gt=0, le=100)
+    kd_weight: float | None = Field(None, ge=0, le=100)
+    kd_temperature: float | None = Field(None, gt=0, le=100)
+    subset_fraction: float | None = Field(None, gt=0, le=1)
+    dfnd_teacher_accuracy: float | None = Field(None, gt=0, le=1)
+    infer_batch_size: int | None = Field(None, ge=1, le=4096)
+    bn_recalibration: int | None = Field(None, ge=0, le=1_000_000)
+
+
 class DistillSpec(_Strict):
     teacher: str
     teacher_arch: str | None = None
     student: str = "resnet8"
-    method: str = "kd3"
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(256, ge=2)
-    lr: float = Field(0.05, gt=0)
-    seed: int = 0
+    method: Literal[DISTILL_METHODS] = "kd3"
+    epochs: int = Field(20, ge=1, le=10_000)
+    batch_size: int = Field(256, ge=2, le=65_536)
+    lr: float = Field(0.05, gt=0, le=10)
+    seed: int = Field(0, ge=0, lt=2**31)
     eval: str | None = None
-    options: dict[str, Any] = {}  # any other TrainConfig field
-    device: str | None = None
+    options: DistillOptions = DistillOptions()
+    device: str | None = Field(None, pattern=r"^(cpu|mps|cuda(:[0-9]{1,2})?)$")
 
     def train(self) -> dict:
         return {"method": self.method, "student": self.student, "epochs": self.epochs,
-                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed, **self.options}  # fmt: skip
+                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
+                **self.options.model_dump(exclude_none=True)}  # fmt: skip
 
 
 class PipelineConfig(_Strict):
@@ -90,6 +126,11 @@ class PipelineConfig(_Strict):
     crawl: CrawlSpec | None = None
     dedup: DedupSpec | None = None
     distill: DistillSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_segment(cls, value: str) -> str:
+        return check_name(value, "name")  # it names folders and keys: no '.', '..', bounded
 
     @field_validator("classes", mode="before")
     @classmethod

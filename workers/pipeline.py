@@ -11,26 +11,29 @@ from collections.abc import Callable
 from workers.artifacts import PREFIX, ArtifactStore
 from workers.config import PipelineConfig
 from workers.jobs import Job, JobStore
+from workers.references import check_name, parse_ref, pool_key
 
 
 def plan(config: PipelineConfig, artifacts: ArtifactStore) -> list[tuple[str, dict]]:
-    """The (kind, spec) of each stage, with local inputs uploaded to the artifact store."""
+    """The (kind, spec) of each stage, with local inputs uploaded to the artifact store; every
+    reference is checked here too, so a bad one fails at submit time."""
     stages: list[tuple[str, dict]] = []
     if config.crawl is not None:
-        pool_key = f"pools/{config.name}"
+        pool = pool_key(f"pools/{check_name(config.name, 'name')}")
         stages.append(("crawl", {
             "classes": [c.name for c in config.classes],
             "keywords": {c.name: c.keywords for c in config.classes if c.keywords},
-            "pool_key": pool_key,
+            "pool_key": pool,
             **config.crawl.model_dump(),
         }))  # fmt: skip
-        pool_ref = PREFIX + pool_key
+        pool_ref = PREFIX + pool
     else:
         pool_ref = artifacts.upload_input(config.pool)
     teacher_ref = None
     if config.distill is not None:
         teacher_ref = PREFIX + artifacts.put_teacher(config.distill.teacher)
     if config.dedup is not None:
+        pool_key(parse_ref(pool_ref, "pool"), "pool")  # dedup rewrites it: pools/NAME only
         d = config.dedup
         embed_with = teacher_ref if d.use_teacher else None
         if d.teacher:

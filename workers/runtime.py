@@ -147,7 +147,10 @@ def execute_job(
             return "cancelled"
         except Exception as exc:
             message = _one_line(exc)
-            log.exception("job %s failed", job_id)
+            if isinstance(exc, USER_ERRORS):
+                log.warning("job %s failed: %s", job_id, message)
+            else:
+                log.exception("job %s failed", job_id)
             store.finish(job_id, "failed", error=message)
             _update_parent(store, job, "failed", message)
             return "failed"

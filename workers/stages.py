@@ -1,8 +1,9 @@
 """The stage functions a job runs, shared by the Celery tasks and `kd3 run` (in-process).
 
 Each takes the job's spec (JSON-able dict) and a JobContext, and returns a StageResult. Inputs in
-a spec are either local paths the worker can read or `artifact:<key>` references into the
-artifact store; outputs go to the store under jobs/<job id>/ (pools under pools/<name>).
+a spec are `artifact:<key>` references into the artifact store (or local paths, only under the
+worker's KD3_LOCAL_ROOTS); outputs go to the store under jobs/<job id>/ (pools under
+pools/<name>). Every key, id and path is checked by workers.references before it is used.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from workers.artifacts import PREFIX
+from workers.references import check_name, job_key, parse_ref, pool_key
 from workers.runtime import JobContext, JobStopped, StageResult
 
 
 def resolve(ctx: JobContext, ref: str) -> Path:
-    """A spec input as a local path (downloaded from the artifact store when needed)."""
+    """A spec input as a local path (downloaded from the artifact store when needed); refused
+    when it could reach outside the store or the worker's allowed local roots."""
     return ctx.artifacts.resolve(ref)
 
 
@@ -37,13 +39,13 @@ def run_distill(spec: dict, ctx: JobContext) -> StageResult:
     from distill.errors import TrainingCancelled
     from distill.trainer import TrainConfig, Trainer
 
+    out_key = job_key(ctx.job_id)
     _limit_threads()
     teacher, meta = load_model(resolve(ctx, spec["teacher"]), arch=spec.get("teacher_arch"))
     pool = load_images(resolve(ctx, spec["pool"]), meta.input_size)
     eval_set = (
         load_images(resolve(ctx, spec["eval"]), meta.input_size) if spec.get("eval") else None
     )
-    out_key = f"jobs/{ctx.job_id}"
     out = ctx.artifacts.work_dir(out_key)
 
     def on_event(event: dict) -> bool:
@@ -86,9 +88,9 @@ def run_crawl(spec: dict, ctx: JobContext) -> StageResult:
 
     from crawler.stats import read_stats
 
-    crawl_id = spec.get("crawl_id") or ctx.job_id
-    pool_key = spec["pool_key"]
-    out = ctx.artifacts.work_dir(pool_key)
+    crawl_id = check_name(spec.get("crawl_id") or ctx.job_id, "crawl_id")
+    pool = pool_key(spec["pool_key"], "pool_key")
+    out = ctx.artifacts.work_dir(pool)
     args = [sys.executable, "-m", "crawler.run", "--classes", ",".join(spec["classes"]),
             "--out", str(out), "--sources", ",".join(spec["sources"]),
             "--per-class", str(spec["per_class"]), "--redis", ctx.redis_url,
@@ -123,13 +125,13 @@ def run_crawl(spec: dict, ctx: JobContext) -> StageResult:
     if process.returncode != 0:
         lines = [line for line in err_text.strip().splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"crawler exited with {process.returncode}")
-    ctx.artifacts.sync_up(out, pool_key)
+    ctx.artifacts.sync_up(out, pool)
     stats = _safe(lambda: read_stats(client, crawl_id), {})
     summary = out_text.strip().splitlines()[-1] if out_text.strip() else ""
     return StageResult(
         metrics={"crawl_id": crawl_id, "summary": summary,
                  **{k: int(v) for k, v in stats.items() if v.isdigit()}},
-        artifacts={"pool": pool_key},
+        artifacts={"pool": pool},
     )  # fmt: skip
 
 
@@ -154,12 +156,9 @@ def run_dedup(spec: dict, ctx: JobContext) -> StageResult:
     from dedup.report import write_report
     from dedup.run import DEFAULT_RADIUS, DEFAULT_SIM, dedup_pool, model_key_for_file
 
+    pool = pool_key(parse_ref(spec["pool"], "pool"))  # dedup rewrites it: artifact:pools/NAME
     _limit_threads()
-    pool_ref = spec["pool"]
-    if not pool_ref.startswith(PREFIX):
-        raise ValueError(f"dedup works on a pool in the artifact store, got {pool_ref}")
-    pool_key = pool_ref[len(PREFIX) :]
-    pool_dir = ctx.artifacts.work_dir(pool_key)
+    pool_dir = ctx.artifacts.work_dir(pool)
     if spec.get("teacher"):
         from distill.features import load_feature_extractor
 
@@ -168,7 +167,7 @@ def run_dedup(spec: dict, ctx: JobContext) -> StageResult:
     else:
         network = spec.get("network") or embeddings.DEFAULT_NETWORK
         extractor, key = embeddings.create_extractor(network), network
-    ctx.progress({"stage": "dedup", "pool": pool_key}, force=True)
+    ctx.progress({"stage": "dedup", "pool": pool}, force=True)
     result = dedup_pool(
         pool_dir,
         eval_set=resolve(ctx, spec["eval"]) if spec.get("eval") else None,
@@ -178,12 +177,12 @@ def run_dedup(spec: dict, ctx: JobContext) -> StageResult:
         sim=spec.get("similarity") if spec.get("similarity") is not None else DEFAULT_SIM,
     )
     report = write_report(result)
-    ctx.artifacts.sync_up(pool_dir, pool_key)
+    ctx.artifacts.sync_up(pool_dir, pool)
     return StageResult(
         metrics={"counts": report["counts"], "groups": report["groups"],
                  **{k: int(v) for k, v in report["counts"].items()}},
-        artifacts={"pool": pool_key, "dedup_report": f"{pool_key}/dedup/report.json",
-                   "contact_sheet": f"{pool_key}/dedup/contact_sheet.png"},
+        artifacts={"pool": pool, "dedup_report": f"{pool}/dedup/report.json",
+                   "contact_sheet": f"{pool}/dedup/contact_sheet.png"},
     )  # fmt: skip
 
 

@@ -8,16 +8,7 @@ from __future__ import annotations
 import json
 
 from distill.cli import DISTILL_METHODS, METHOD_HELP
-from workers.config import (
-    ClassSpec,
-    ConfigError,
-    CrawlSpec,
-    DedupSpec,
-    DistillSpec,
-    PipelineConfig,
-    check_stages,
-    load_config,
-)
+from workers.config import ConfigError, PipelineConfig, check_stages, load_config, validate_config
 from workers.jobs_cli import _add_connection, _settings, cmd_watch, format_summary
 
 
@@ -81,7 +72,8 @@ def register(subparsers) -> None:
     dist.add_argument("--lr", type=float, default=0.05)
     dist.add_argument("--seed", type=int, default=0)
     dist.add_argument("--option", type=_pair, action="append", default=[], metavar="KEY=VALUE",
-                      help="any other training setting (see kd3 distill --help), JSON or text")  # fmt: skip
+                      help="a training setting a job may set (typed and bounded, see workers/config.py "
+                           "DistillOptions and kd3 distill --help), JSON or text")  # fmt: skip
     dist.set_defaults(func=cmd_submit_distill)
 
     pipe = kinds.add_parser("pipeline", help="crawl -> dedup -> distill from a config file")
@@ -96,9 +88,12 @@ def register(subparsers) -> None:
     run.set_defaults(func=cmd_run)
 
 
-def _queue(args, config: PipelineConfig, where: str) -> int:
+def _queue(args, config: PipelineConfig | dict, where: str) -> int:
+    """Queue a config; one given as plain data (from flags) is validated like a file's."""
     from workers.submit import submit
 
+    if isinstance(config, dict):
+        config = validate_config(config, where)
     job = submit(_settings(args), check_stages(config, where))
     print(job.id)
     if getattr(args, "wait", False):
@@ -109,33 +104,34 @@ def _queue(args, config: PipelineConfig, where: str) -> int:
 
 def cmd_submit_crawl(args) -> int:
     keywords = {name: _csv(value.replace(";", ",")) for name, value in args.keywords}
-    config = PipelineConfig(
-        name=args.name,
-        classes=[ClassSpec(name=c, keywords=keywords.get(c, [])) for c in args.classes],
-        crawl=CrawlSpec(sources=args.sources, per_class=args.per_class, seeds=args.seed,
-                        source_urls=dict(args.source_url), allow_networks=args.allow_network,
-                        settings={k: _json_value(v) for k, v in args.set}),
-    )  # fmt: skip
-    return _queue(args, config, "kd3 submit crawl")
+    raw = {
+        "name": args.name,
+        "classes": [{"name": c, "keywords": keywords.get(c, [])} for c in args.classes],
+        "crawl": {"sources": args.sources, "per_class": args.per_class, "seeds": args.seed,
+                  "source_urls": dict(args.source_url), "allow_networks": args.allow_network,
+                  "settings": {k: _json_value(v) for k, v in args.set}},
+    }  # fmt: skip
+    return _queue(args, raw, "kd3 submit crawl")
 
 
 def cmd_submit_dedup(args) -> int:
-    config = PipelineConfig(
-        name="dedup", pool=args.pool,
-        dedup=DedupSpec(eval=args.eval, teacher=args.teacher, radius=args.radius, similarity=args.sim),
-    )  # fmt: skip
-    return _queue(args, config, "kd3 submit dedup")
+    raw = {
+        "name": "dedup", "pool": args.pool,
+        "dedup": {"eval": args.eval, "teacher": args.teacher, "radius": args.radius,
+                  "similarity": args.sim},
+    }  # fmt: skip
+    return _queue(args, raw, "kd3 submit dedup")
 
 
 def cmd_submit_distill(args) -> int:
-    config = PipelineConfig(
-        name="distill", pool=args.pool,
-        distill=DistillSpec(teacher=args.teacher, teacher_arch=args.teacher_arch, eval=args.eval,
-                            student=args.student, method=args.method, epochs=args.epochs,
-                            batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            options={k.replace("-", "_"): _json_value(v) for k, v in args.option}),
-    )  # fmt: skip
-    return _queue(args, config, "kd3 submit distill")
+    raw = {
+        "name": "distill", "pool": args.pool,
+        "distill": {"teacher": args.teacher, "teacher_arch": args.teacher_arch, "eval": args.eval,
+                    "student": args.student, "method": args.method, "epochs": args.epochs,
+                    "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                    "options": {k.replace("-", "_"): _json_value(v) for k, v in args.option}},
+    }  # fmt: skip
+    return _queue(args, raw, "kd3 submit distill")
 
 
 def cmd_submit_pipeline(args) -> int:

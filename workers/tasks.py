@@ -29,7 +29,7 @@ def job_store() -> JobStore:
 
 @cache
 def artifact_store() -> ArtifactStore:
-    return ArtifactStore(settings().artifacts)
+    return ArtifactStore(settings().artifacts, local_roots=settings().local_roots)
 
 
 def enqueue(job: Job) -> None:

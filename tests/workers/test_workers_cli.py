@@ -67,8 +67,17 @@ def test_submit_refuses_bad_settings_before_queueing(services, teacher_and_data)
     assert (
         run.returncode == 2
         and run.stderr.count("\n") == 1
-        and "unknown method 'magic'" in run.stderr
+        and "distill.method: Input should be 'kd3', 'kd3-paper'" in run.stderr
     )
+    # job specs are data: no setting outside the allow-lists, none unbounded
+    for args in (["crawl", "--name", "x", "--classes", "cat", "-s", "TELNETCONSOLE_ENABLED=true"],
+                 ["distill", "--teacher", str(data["teacher"]), "--pool", str(data["pool"]),
+                  "--option", "state_path=/etc"],
+                 ["distill", "--teacher", str(data["teacher"]), "--pool", str(data["pool"]),
+                  "--option", "infer_batch_size=1000000000"]):  # fmt: skip
+        run = _kd3(settings, "submit", *args)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+        assert run.stderr.startswith("kd3 submit: error: kd3 submit "), run.stderr
     run = _kd3(
         settings, "submit", "crawl", "--name", "x", "--classes", "cat", "--sources", "myspace"
     )
@@ -78,3 +87,19 @@ def test_submit_refuses_bad_settings_before_queueing(services, teacher_and_data)
     )
     assert run.returncode == 2 and "/nonexistent.pt" in run.stderr
     assert _kd3(settings, "jobs").stdout.count("\n") == 1  # only the header: nothing was queued
+
+
+def test_submit_refuses_references_outside_the_store(services, tmp_path):
+    _server, settings = services
+    victim = Path(settings.artifacts).parent / "victim_pool"
+    victim.mkdir(parents=True)
+    (victim / "manifest.parquet").write_bytes(b"rows")
+    for args in (["dedup", "--pool", "artifact:../victim_pool"],
+                 ["dedup", "--pool", "artifact:pools/../../victim_pool"],
+                 ["crawl", "--name", "..", "--classes", "cat"]):  # fmt: skip
+        run = _kd3(settings, "submit", *args)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+        assert run.stderr.startswith("kd3 submit: error: ") and "'..'" in run.stderr, run.stderr
+    assert (victim / "manifest.parquet").read_bytes() == b"rows"
+    assert sorted(p.name for p in victim.iterdir()) == ["manifest.parquet"]
+    assert _kd3(settings, "jobs").stdout.count("\n") == 1  # nothing was queued

@@ -108,3 +108,43 @@ def test_a_spec_keeps_allowed_crawl_settings_typed_and_checks_networks(tmp_path)
     path = _write(tmp_path, "name: x\nclasses: [cat]\ncrawl: {allow_networks: [localhost]}\n")
     with pytest.raises(ConfigError, match="crawl.allow_networks: .*'localhost'"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "distill, message",
+    [
+        ("{options: {state_path: /etc}}", "distill.options.state_path: Extra inputs are not permitted"),
+        ("{options: {infer_batch_size: 1000000000}}", "options.infer_batch_size: Input should be less"),
+        ("{options: {tau_max: 7}}", "distill.options.tau_max: Input should be less than or equal to 1"),
+        ("{options: {augment: cutmix}}", "distill.options.augment: Input should be 'rrc' or 'padcrop'"),
+        ("{method: evil}", "distill.method: Input should be 'kd3', 'kd3-paper'"),
+        ("{epochs: 1000000000}", "distill.epochs: Input should be less than or equal to 10000"),
+        ("{device: 'cuda; rm -rf /'}", "distill.device: String should match pattern"),
+    ],
+)  # fmt: skip
+def test_a_spec_with_a_refused_distill_option_is_refused_in_one_line(tmp_path, distill, message):
+    spec = distill[:-1] + ", teacher: t.pt}"
+    path = _write(tmp_path, f"name: x\nclasses: [cat]\npool: p\ndistill: {spec}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_every_distill_option_a_spec_may_set_is_a_training_setting(tmp_path):
+    from dataclasses import fields
+
+    from distill.trainer import TrainConfig
+    from workers.config import DistillOptions, DistillSpec
+
+    train_fields = {f.name for f in fields(TrainConfig)}
+    assert set(DistillOptions.model_fields) <= train_fields
+    assert (
+        set(DistillSpec.model_fields) - {"teacher", "teacher_arch", "eval", "options", "device"}
+        <= train_fields
+    )
+    spec = "{teacher: t.pt, options: {epoch_size: pool, crop_scale: [0.08, 1]}}"
+    config = load_config(_write(tmp_path, f"name: x\nclasses: [cat]\npool: p\ndistill: {spec}\n"))
+    train = config.distill.train()
+    assert train["epoch_size"] == "pool" and train["crop_scale"] == (0.08, 1.0)
+    assert TrainConfig(**train).epoch_size == "pool"

@@ -80,20 +80,48 @@ def test_bad_inputs_fail_the_job_with_one_line(services, start_worker, teacher_a
     )
     bad_arch = submit_distill(settings, teacher=str(data["teacher"]), pool=str(data["pool"]),
                               train=_train(1, student="resnet9000"))  # fmt: skip
-    missing_pool = store.create(
-        "distill", {**bad_arch.spec, "train": _train(1), "pool": str(tmp_path / "no-pool")}
-    )
-    enqueue(settings, missing_pool)
+    good = {**bad_arch.spec, "train": _train(1)}
+    missing_pool = store.create("distill", {**good, "pool": "artifact:pools/no-pool"})
+    # A local path in a queued job is refused: the worker allows no local roots by default.
+    local_pool = store.create("distill", {**good, "pool": str(data["pool"])})
+    escaping_teacher = store.create("distill", {**good, "teacher": "artifact:../../etc/passwd"})
+    for job in (missing_pool, local_pool, escaping_teacher):
+        enqueue(settings, job)
     start_worker("gpu")
     expected = {
         bad_teacher.id: "not a PyTorch checkpoint",
         bad_arch.id: "resnet9000",
-        missing_pool.id: "no-pool: no such pool directory or .npz file",
+        missing_pool.id: "artifact:pools/no-pool: not in the artifact store",
+        local_pool.id: "local paths are not allowed in jobs on this worker",
+        escaping_teacher.id: "'../../etc/passwd': a relative path of segments",
     }
     for job_id, phrase in expected.items():
         done = wait_final(store, job_id)
         assert done.status == "failed"
         assert phrase in done.error and "\n" not in done.error, done.error
+
+
+def test_a_dedup_job_cannot_rewrite_a_pool_outside_the_store(services, start_worker, tmp_path):
+    """`pool: artifact:../victim_pool` once made dedup rewrite a manifest next to the store."""
+    from pool import NewImage, Pool
+    from tests.conftest import make_image_bytes
+    from workers.submit import enqueue
+
+    _server, settings = services
+    victim = Pool.create(Path(settings.artifacts).parent / "victim_pool")
+    victim.add([NewImage(make_image_bytes(i % 3), url=f"u{i}") for i in range(6)])
+    before = {p: p.read_bytes() for p in sorted(victim.root.rglob("*")) if p.is_file()}
+    store = _store(settings)
+    spec = {"pool": "artifact:../victim_pool", "eval": None, "radius": None, "similarity": None,
+            "teacher": None}  # fmt: skip
+    job = store.create("dedup", spec)
+    enqueue(settings, job)
+    start_worker("cpu")
+    done = wait_final(store, job.id)
+    assert done.status == "failed" and "\n" not in done.error
+    assert "'../victim_pool': a relative path of segments" in done.error, done.error
+    after = {p: p.read_bytes() for p in sorted(victim.root.rglob("*")) if p.is_file()}
+    assert after == before
 
 
 def test_killed_worker_job_resumes_on_a_new_worker_and_finishes_once(
