@@ -121,6 +121,10 @@ ABLATIONS = {
     "kd3_no_sharing": ("kd3", {"sharing": False}),
     "kd3_no_mixing": ("kd3", {"mixing": False}),
     "kd3-paper_no_selection": ("kd3-paper", {"selection": False}),
+    # selection halves the optimizer steps: cycle the selected images to the pool's size
+    "kd3_pool_epochs": ("kd3", {"epoch_size": "pool"}),
+    "kd3_pool_epochs_no_mixing": ("kd3", {"epoch_size": "pool", "mixing": False}),
+    "kd3_pool_epochs_rrc0.08": ("kd3", {"epoch_size": "pool", **RRC_008}),
 }
 
 

@@ -40,6 +40,7 @@ def _load_kwargs(args, flag: str) -> dict:
 # The distillation methods (distill/methods; a test checks this list against the registry,
 # kept here so that `kd3 --help` does not import torch).
 DISTILL_METHODS = ("kd3", "kd3-paper", "kd", "dfnd", "random")
+EPOCH_SIZES = ("selection", "pool")  # distill.trainer.EPOCH_SIZES, checked by the same test
 METHOD_HELP = """method (default %(default)s):
 kd3 = KD3's three components with the recipe chosen on validation runs, which deviates from
 the paper in: pad-4 random crop + flip instead of RandomResizedCrop(0.08-1); a Hinton KD term
@@ -117,6 +118,11 @@ def register(subparsers) -> None:
     k.add_argument("--gamma", type=float, default=0.001, help="contrastive weight")
     k.add_argument("--kd-weight", type=float, help="KD term on the shared head (kd3: 1)")
     k.add_argument("--share-floor", type=float, help="floor under the teacher share (kd3: 0.5)")
+    k.add_argument(
+        "--epoch-size",
+        choices=EPOCH_SIZES,
+        help="selection: one pass over the selected images; pool: cycle them to the pool's size",
+    )
     k.add_argument("--subset-fraction", type=float, default=0.5, help="DFND/random subset size")
     _add_teacher_loading(d, "teacher")
     d.set_defaults(func=cmd_distill)
@@ -177,13 +183,14 @@ def _training(args: argparse.Namespace) -> dict:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from distill.checkpoints import load_model
-    from distill.data import load_images
+    from distill.data import check_classes, load_images
     from distill.trainer import TrainConfig, Trainer
 
     _threads()
     teacher, meta = load_model(args.teacher, **_load_kwargs(args, "teacher"))
     progress = sys.stderr.isatty()
     pool = load_images(args.pool or args.pool_npz, meta.input_size, progress)
+    check_classes(pool, meta.num_classes, need_labels=False)  # its labels feed the diagnostics
     eval_set = load_images(args.eval, meta.input_size, progress) if args.eval else None
     cfg = TrainConfig(
         method=args.method,
@@ -199,6 +206,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         gamma=args.gamma,
         kd_weight=args.kd_weight,
         share_floor=args.share_floor,
+        epoch_size=args.epoch_size,
         subset_fraction=args.subset_fraction,
     )
     trainer = Trainer(cfg, pool, args.out, teacher, meta, eval_set, device=args.device)
@@ -220,7 +228,10 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     size = data.images.shape[1]
     eval_set = load_images(args.eval, size) if args.eval else None
     cfg = TrainConfig(method="supervised", student=args.arch, **_training(args))
-    trainer = Trainer(cfg, data, args.out, eval_set=eval_set, device=args.device)
+    # One class per class name, also when the last classes have no images.
+    trainer = Trainer(
+        cfg, data, args.out, eval_set=eval_set, num_classes=data.num_classes, device=args.device
+    )
     result = trainer.run(resume=args.resume, final_name="teacher.pt")
     _print_done(result)
     return 0
@@ -242,14 +253,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from distill.checkpoints import load_model
-    from distill.data import Normalizer, load_images
+    from distill.data import Normalizer, check_classes, load_images
     from distill.evaluation import evaluate
-    from distill.trainer import _check_eval_classes, pick_device
+    from distill.trainer import pick_device
 
     _threads()
     model, meta = load_model(args.checkpoint, **_load_kwargs(args, "model"))
     data = load_images(args.eval, meta.input_size)
-    _check_eval_classes(data, meta.num_classes, meta.class_names)
+    check_classes(data, meta.num_classes, meta.class_names)
     device = pick_device(args.device)
     norm = Normalizer(meta.mean, meta.std, meta.input_size, device, channels_last=True)
     model = model.to(device, memory_format=torch.channels_last)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from distill import diagnostics
 from distill.checkpoints import ModelMeta, atomic_save, read_checkpoint_file, save_model
-from distill.data import ImageSet, Normalizer
+from distill.data import ImageSet, Normalizer, check_classes
 from distill.errors import DistillError, TrainingCancelled
 from distill.evaluation import (
     Accuracy,
@@ -50,7 +50,9 @@ RECIPE_FIELDS = {
     "selection_rule": "paper",
     "kd_weight": 0.0,
     "share_floor": 0.0,
+    "epoch_size": "selection",
 }
+EPOCH_SIZES = ("selection", "pool")
 
 
 @dataclass
@@ -84,6 +86,10 @@ class TrainConfig:
     nt_temperature: float = 0.3
     kd_weight: float | None = None  # a Hinton KD term on the shared head's logits
     share_floor: float | None = None  # a floor under the teacher's share a_e in the selection
+    # selection: an epoch is one pass over the selected images; pool: the selected images are
+    # cycled through until the epoch has as many as the pool, so that selecting fewer images
+    # does not also cut the number of optimizer steps
+    epoch_size: str | None = None
     # Baselines
     kd_temperature: float = 4.0
     subset_fraction: float = 0.5  # DFND's top-N and random's subset, as a share of the pool
@@ -109,6 +115,7 @@ class TrainConfig:
             ("schedule", self.schedule, SCHEDULES),
             ("augment", self.augment, AUGMENTS),
             ("selection rule", self.selection_rule, SELECTION_RULES),
+            ("epoch size", self.epoch_size, EPOCH_SIZES),
         ):
             if value not in choices:
                 raise DistillError(f"unknown {name} '{value}'; choose from {', '.join(choices)}")
@@ -183,7 +190,7 @@ class Trainer:
                 train_set.class_names,
                 train_set.source,
             )
-            self.num_classes = num_classes or int(train_set.labels.max()) + 1
+            self.num_classes = num_classes or train_set.num_classes
             self.class_names = class_names or train_set.class_names
             mean, std = dataset_stats(train_set.images)
             self.input_size = int(train_set.images.shape[1])
@@ -206,7 +213,7 @@ class Trainer:
         self.teacher_meta = teacher_meta
         self.mean, self.std = list(mean), list(std)
         if eval_set is not None:
-            _check_eval_classes(eval_set, self.num_classes, self.class_names)
+            check_classes(eval_set, self.num_classes, self.class_names)
         self.train_set = train_set.to(self.device)
         self.eval_set = eval_set.to(self.device) if eval_set is not None else None
         self.norm = Normalizer(mean, std, self.input_size, self.device, channels_last)
@@ -378,6 +385,8 @@ class Trainer:
             info.setdefault("selected_per_class", torch.bincount(pseudo, minlength=c).tolist())
             labels = self.train_set.labels
             info.update(diagnostics.precision(labels, indices, pseudo, c))
+        if self.cfg.epoch_size == "pool":
+            indices = cycle_to(indices, len(self.train_set), gen)
         return indices, {**info, **self.run_info}
 
     # -- one epoch -----------------------------------------------------------------------------
@@ -459,6 +468,16 @@ class Trainer:
         return out
 
 
+def cycle_to(indices: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """`size` indices drawn from `indices` without replacement, pass after pass (each in its own
+    random order), so every index appears equally often, give or take one."""
+    if len(indices) == 0 or len(indices) >= size:
+        return indices
+    passes = -(-size // len(indices))
+    drawn = [indices[torch.randperm(len(indices), generator=gen)] for _ in range(passes)]
+    return torch.cat(drawn)[:size]
+
+
 def lr_at(cfg: TrainConfig, progress: float) -> float:
     """lr at fractional epoch `progress` in [0, E)."""
     if cfg.schedule == "cosine":
@@ -488,17 +507,3 @@ def format_epoch(m: dict) -> str:
         parts.append(f"eval acc {m['eval_accuracy']:.4f}")
     parts.append(f"{m['epoch_seconds']:.1f} s ({m['images_per_second']:.0f} img/s)")
     return ", ".join(parts)
-
-
-def _check_eval_classes(eval_set: ImageSet, num_classes: int, names: list[str] | None) -> None:
-    if eval_set.labels.numel() == 0 or not eval_set.has_labels:
-        raise DistillError(f"{eval_set.source}: evaluation data needs labels ('y')")
-    if int(eval_set.labels.max()) >= num_classes:
-        raise DistillError(
-            f"{eval_set.source}: label {int(eval_set.labels.max())} out of range for a "
-            f"{num_classes}-class model"
-        )
-    if names and eval_set.class_names and list(eval_set.class_names) != list(names):
-        raise DistillError(
-            f"{eval_set.source}: class names {eval_set.class_names} differ from the model's {names}"
-        )

@@ -206,9 +206,25 @@ def test_export_torchscript_and_onnx(world, tmp_path, capsys):
 
 def test_cli_method_list_is_the_registry():
     from distill.cli import DISTILL_METHODS as cli_methods
+    from distill.cli import EPOCH_SIZES as cli_epoch_sizes
     from distill.methods import DISTILL_METHODS
+    from distill.trainer import EPOCH_SIZES
 
     assert set(cli_methods) == set(DISTILL_METHODS)
+    assert cli_epoch_sizes == EPOCH_SIZES
+
+
+def test_cycle_to_repeats_the_selection_evenly():
+    from distill.trainer import cycle_to
+
+    gen = torch.Generator().manual_seed(0)
+    chosen = torch.tensor([3, 7, 11])
+    drawn = cycle_to(chosen, 10, gen)
+    assert len(drawn) == 10
+    counts = torch.bincount(drawn, minlength=12)[chosen]
+    assert counts.sum() == 10 and counts.max() - counts.min() <= 1
+    assert set(drawn.tolist()) == {3, 7, 11}
+    assert torch.equal(cycle_to(chosen, 2, gen), chosen)  # never fewer than selected
 
 
 def test_recipe_defaults_and_explicit_settings():
@@ -271,7 +287,13 @@ def test_robust_selection_keeps_a_tenth_of_the_pool_when_the_teacher_is_unsure(w
     cfg = TrainConfig(method="kd3", student="resnet8", epochs=1, batch_size=16)
     trainer = Trainer(cfg, pool, tmp_path, teacher, meta, device="cpu", log=lambda m: None)
     m = trainer.run().final
-    assert m["selected"] == round(0.1 * len(pool)) and m["steps"] >= 1
+    assert m["selected"] == round(0.1 * len(pool)) and m["steps"] == 2  # 16 + 13
+    # epoch_size "pool": the same 29 images, cycled to the pool's 288 (18 steps of 16)
+    cfg = TrainConfig(method="kd3", epochs=1, batch_size=16, epoch_size="pool")
+    trainer = Trainer(cfg, pool, tmp_path / "pool", teacher, meta, device="cpu", log=print)
+    m = trainer.run().final
+    assert m["selected"] == 29 and sum(m["selected_per_class"]) == 29
+    assert m["steps"] == len(pool) // 16
 
 
 def test_bn_recalibration_sets_the_statistics_of_the_final_weights(world, tmp_path):
