@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from pydantic import ValidationError
 
 from pool import NewImage, Pool
 from tests.conftest import make_image_bytes
@@ -152,8 +153,11 @@ def test_submitting_a_traversal_pool_fails_before_anything_is_queued(tmp_path):
         with pytest.raises(ArtifactError):
             plan(PipelineConfig(name="d", pool=pool, dedup=DedupSpec()), store)
     crawl = {"crawl": {"sources": ["wikimedia"]}, "classes": ["cat"]}
+    with pytest.raises(ValidationError, match="name '..': use 1-128 of"):
+        PipelineConfig(name="..", **crawl)  # refused when the config is read...
+    config = PipelineConfig(name="ok", **crawl).model_copy(update={"name": ".."})
     with pytest.raises(ArtifactError):
-        plan(PipelineConfig(name="..", **crawl), store)
+        plan(config, store)  # ...and by plan(), should one be built some other way
 
 
 def _crawl_ctx(tmp_path) -> SimpleNamespace:
