@@ -33,7 +33,11 @@ NETWORK = {
     "LOG_LEVEL": "WARNING",
 }
 # kd3's fixed defaults (crawler/settings.py; a crawl may not change them), given to plain Scrapy
-KD3_FIXED = {"ROBOTSTXT_OBEY": True, "TELNETCONSOLE_ENABLED": False, "REMOTE_CONTROL_ENABLED": False}
+KD3_FIXED = {
+    "ROBOTSTXT_OBEY": True,
+    "TELNETCONSOLE_ENABLED": False,
+    "REMOTE_CONTROL_ENABLED": False,
+}
 
 PLAIN = """
 import json, sys, time

@@ -101,6 +101,8 @@ RUNS = {
 }
 MAIN = ["kd", "dfnd", "random", "kd3", "kd3-paper"]
 RRC_008 = {"augment": "rrc", "crop_scale": (0.08, 1.0)}
+# The previous default kd3 recipe: one pass over the selection per epoch, with MixDistribution.
+KD3_V1 = {"epoch_size": "selection", "mixing": True}
 # One factor at a time (run when named with --runs; compare on the val column).
 ABLATIONS = {
     # augmentation, for KD and for KD3 alike
@@ -108,23 +110,22 @@ ABLATIONS = {
     "kd_rrc0.35": ("kd", {"augment": "rrc", "crop_scale": (0.35, 1.0)}),
     "kd3-paper_padcrop": ("kd3-paper", {"augment": "padcrop"}),
     "kd3_rrc0.08": ("kd3", RRC_008),
-    # batch size (twice the optimizer steps)
+    "kd3v1_rrc0.08": ("kd3", {**KD3_V1, **RRC_008}),
+    # optimizer steps: selection halves them unless the epoch is as long as the pool
+    "kd3v1": ("kd3", KD3_V1),
+    "kd3_selection_epochs": ("kd3", {"epoch_size": "selection"}),
     "kd_b128": ("kd", {"batch_size": 128}),
     "kd3_b128": ("kd3", {"batch_size": 128}),
     # schedule length: does the paper's recipe catch up later?
     "kd3-paper_60ep": ("kd3-paper", {"epochs": 60}),
     "kd_60ep": ("kd", {"epochs": 60}),
     # the default's parts, one at a time
+    "kd3_with_mixing": ("kd3", {"mixing": True}),
     "kd3_no_kd_term": ("kd3", {"kd_weight": 0.0}),
     "kd3_paper_selection": ("kd3", {"selection_rule": "paper", "share_floor": 0.0}),
     "kd3_no_selection": ("kd3", {"selection": False}),
     "kd3_no_sharing": ("kd3", {"sharing": False}),
-    "kd3_no_mixing": ("kd3", {"mixing": False}),
     "kd3-paper_no_selection": ("kd3-paper", {"selection": False}),
-    # selection halves the optimizer steps: cycle the selected images to the pool's size
-    "kd3_pool_epochs": ("kd3", {"epoch_size": "pool"}),
-    "kd3_pool_epochs_no_mixing": ("kd3", {"epoch_size": "pool", "mixing": False}),
-    "kd3_pool_epochs_rrc0.08": ("kd3", {"epoch_size": "pool", **RRC_008}),
 }
 
 

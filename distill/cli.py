@@ -42,13 +42,16 @@ def _load_kwargs(args, flag: str) -> dict:
 DISTILL_METHODS = ("kd3", "kd3-paper", "kd", "dfnd", "random")
 EPOCH_SIZES = ("selection", "pool")  # distill.trainer.EPOCH_SIZES, checked by the same test
 METHOD_HELP = """method (default %(default)s):
-kd3 = KD3's three components with the recipe chosen on validation runs, which deviates from
-the paper in: pad-4 random crop + flip instead of RandomResizedCrop(0.08-1); a Hinton KD term
-(T=4, weight 1) on the shared head's logits beside the feature alignment; the robust selection
-rule (teacher share >= 0.5, class thresholds clamped to [0.5, 0.8], selection on clean views,
-at least 10%% of the pool kept);
-kd3-paper = the paper's released recipe (RandomResizedCrop(0.08-1), feature alignment only,
-FlexMatch thresholds, teacher share ramping to 0 at E/2); kd = Hinton KD on the whole pool;
+kd3 = KD3 with the recipe chosen on validation runs: dynamic selection and classifier sharing
+(feature alignment), deviating from the paper in: epochs as long as the pool (the selected
+images are cycled, so selection does not halve the optimizer steps); no MixDistribution /
+contrastive term (--mixing puts it back); pad-4 random crop + flip instead of
+RandomResizedCrop(0.08-1); a Hinton KD term (T=4, weight 1) on the shared head's logits; the
+robust selection rule (teacher share >= 0.5, class thresholds clamped to [0.5, 0.8], selection
+on clean views, at least 10%% of the pool kept);
+kd3-paper = the paper's released recipe (all three components, RandomResizedCrop(0.08-1),
+feature alignment only, FlexMatch thresholds, teacher share ramping to 0 at E/2, one pass
+over the selection per epoch); kd = Hinton KD on the whole pool;
 dfnd = KD + noise adaptation on the teacher's most confident half; random = KD on a random half"""
 
 
@@ -108,7 +111,11 @@ def register(subparsers) -> None:
     k = d.add_argument_group("KD3 components and settings (default: the method's recipe)")
     k.add_argument("--no-selection", action="store_true", help="train on the whole pool")
     k.add_argument("--no-sharing", action="store_true", help="own classifier + KD instead of WFA")
-    k.add_argument("--no-mixing", action="store_true", help="no MixDistribution/contrast")
+    k.add_argument(
+        "--mixing",
+        action=argparse.BooleanOptionalAction,
+        help="MixDistribution + contrastive term (kd3: off; kd3-paper: on)",
+    )
     k.add_argument(
         "--selection-rule", choices=("paper", "robust"), help="kd3: robust; kd3-paper: paper"
     )
@@ -198,7 +205,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         **_training(args),
         selection=not args.no_selection,
         sharing=not args.no_sharing,
-        mixing=not args.no_mixing,
+        mixing=args.mixing,
         selection_rule=args.selection_rule,
         tau=args.tau,
         tau_min=args.tau_min,

@@ -51,6 +51,7 @@ RECIPE_FIELDS = {
     "kd_weight": 0.0,
     "share_floor": 0.0,
     "epoch_size": "selection",
+    "mixing": True,
 }
 EPOCH_SIZES = ("selection", "pool")
 
@@ -73,10 +74,10 @@ class TrainConfig:
     # augment rrc: RandomResizedCrop(crop_scale) + flip; padcrop: pad-4 random crop + flip
     augment: str | None = None
     crop_scale: tuple[float, float] | None = None
-    # KD3 components (all on in both kd3 and kd3-paper) and constants
+    # KD3 components and constants
     selection: bool = True
     sharing: bool = True
-    mixing: bool = True
+    mixing: bool | None = None  # MixDistribution + contrastive term (kd3-paper: on; kd3: off)
     selection_rule: str | None = None  # paper (FlexMatch thresholds) or robust (methods/kd3.py)
     tau: float = 0.95
     tau_min: float = 0.5  # robust rule: class thresholds clamped into [tau_min, tau_max]
@@ -273,9 +274,9 @@ class Trainer:
         saved = state.get("config", {}) if isinstance(state, dict) else {}
         now = self.cfg.to_dict()
         saved["crop_scale"] = tuple(saved.get("crop_scale") or ())
-        for f in dataclasses.fields(TrainConfig):  # a field added since: its default then
+        for f in dataclasses.fields(TrainConfig):  # a field added since: what it did then
             if f.name not in saved and f.default is not dataclasses.MISSING:
-                saved[f.name] = f.default
+                saved[f.name] = RECIPE_FIELDS.get(f.name, f.default)
         diff = sorted(k for k in now if saved.get(k) != now[k])
         if diff:
             raise DistillError(

@@ -64,8 +64,10 @@ def test_kd3_distillation_from_a_pool_beats_chance(world, capsys, method):
     if method == "kd3-paper":  # the released recipe: alignment only, student alone from E/2
         assert set(first["losses"]) == {"wfa", "contrast", "loss"}
         assert history[0]["teacher_share"] > 0.5 and history[3]["teacher_share"] == 0.0
-    else:  # the default: + KD term; the teacher keeps half the vote; thresholds in [0.5, 0.8]
-        assert set(first["losses"]) == {"wfa", "kd", "contrast", "loss"}
+    else:  # the default: + KD term, no mixing; the teacher keeps half the vote; thresholds in
+        # [0.5, 0.8]; every epoch as many steps as the whole pool (288 images, batch 32)
+        assert set(first["losses"]) == {"wfa", "kd", "loss"}
+        assert all(m["steps"] == 9 for m in history)
         assert all(m["teacher_share"] >= 0.5 for m in history)
         assert all(0.5 <= t <= 0.8 for m in history for t in m["thresholds"])
     assert history[-1]["eval_accuracy"] > 0.6  # chance is 0.25
@@ -135,10 +137,10 @@ def test_resume_after_cancellation_equals_an_uninterrupted_run(world, tmp_path):
         ("kd", {}, {"kd"}),
         ("dfnd", {}, {"kd", "noise_adaptation"}),
         ("random", {}, {"kd"}),
-        ("kd3", {}, {"wfa", "kd", "contrast"}),
-        ("kd3", {"selection": False}, {"wfa", "kd", "contrast"}),
-        ("kd3", {"sharing": False}, {"kd", "contrast"}),
-        ("kd3", {"mixing": False}, {"wfa", "kd"}),
+        ("kd3", {}, {"wfa", "kd"}),
+        ("kd3", {"selection": False}, {"wfa", "kd"}),
+        ("kd3", {"sharing": False}, {"kd"}),
+        ("kd3", {"mixing": True}, {"wfa", "kd", "contrast"}),
         ("kd3-paper", {"selection": False}, {"wfa", "contrast"}),
         ("kd3-paper", {"mixing": False}, {"wfa"}),
         ("kd3-paper", {"kd_weight": 1.0, "share_floor": 0.5}, {"wfa", "contrast", "kd"}),
@@ -230,8 +232,11 @@ def test_cycle_to_repeats_the_selection_evenly():
 def test_recipe_defaults_and_explicit_settings():
     default, paper = TrainConfig(method="kd3"), TrainConfig(method="kd3-paper")
     assert (default.augment, default.selection_rule, default.kd_weight) == ("padcrop", "robust", 1)
+    assert (default.epoch_size, default.mixing) == ("pool", False)
     assert (paper.augment, paper.crop_scale, paper.selection_rule) == ("rrc", (0.08, 1.0), "paper")
     assert paper.kd_weight == 0 and paper.share_floor == 0
+    assert (paper.epoch_size, paper.mixing) == ("selection", True)
+    assert TrainConfig(method="kd").epoch_size == "selection"
     assert TrainConfig(method="kd3", augment="rrc").augment == "rrc"  # what a user sets wins
     with pytest.raises(DistillError, match="unknown method 'kd4'"):
         TrainConfig(method="kd4")
@@ -284,12 +289,12 @@ def test_robust_selection_keeps_a_tenth_of_the_pool_when_the_teacher_is_unsure(w
     torch.nn.init.zeros_(teacher.head.bias)
     meta = ModelMeta(arch="resnet8", num_classes=4, input_size=16)
     pool = load_images(world / "pool.npz", 16)
-    cfg = TrainConfig(method="kd3", student="resnet8", epochs=1, batch_size=16)
+    cfg = TrainConfig(method="kd3", epochs=1, batch_size=16, epoch_size="selection")
     trainer = Trainer(cfg, pool, tmp_path, teacher, meta, device="cpu", log=lambda m: None)
     m = trainer.run().final
     assert m["selected"] == round(0.1 * len(pool)) and m["steps"] == 2  # 16 + 13
-    # epoch_size "pool": the same 29 images, cycled to the pool's 288 (18 steps of 16)
-    cfg = TrainConfig(method="kd3", epochs=1, batch_size=16, epoch_size="pool")
+    # epoch_size "pool" (the default): the same 29 images, cycled to the pool's 288 (18 steps)
+    cfg = TrainConfig(method="kd3", epochs=1, batch_size=16)
     trainer = Trainer(cfg, pool, tmp_path / "pool", teacher, meta, device="cpu", log=print)
     m = trainer.run().final
     assert m["selected"] == 29 and sum(m["selected_per_class"]) == 29
@@ -320,7 +325,8 @@ def test_a_run_saved_before_a_new_setting_existed_still_resumes(world, tmp_path)
     cfg = TrainConfig(method="kd", student="resnet8", epochs=1, batch_size=48)
     _trainer(world, tmp_path, cfg).run()
     state = torch.load(tmp_path / "state.pt", weights_only=True)
-    del state["config"]["bn_recalibration"]  # as an older version saved it
+    # as an older version saved it: a plain field, and a recipe field (what it did then)
+    del state["config"]["bn_recalibration"], state["config"]["epoch_size"]
     torch.save(state, tmp_path / "state.pt")
     resumed = _trainer(world, tmp_path, cfg).run(resume=True)
     assert len(resumed.history) == 1
