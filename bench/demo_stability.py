@@ -28,6 +28,12 @@ def largest_swing(values: list[float]) -> float:
     return max((abs(b - a) for a, b in zip(values, values[1:], strict=False)), default=0.0)
 
 
+def largest_drop(values: list[float]) -> float:
+    """The largest fall from one epoch to the next (a rise early on is learning; a fall is
+    what instability looks like)."""
+    return max((a - b for a, b in zip(values, values[1:], strict=False)), default=0.0)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -44,10 +50,12 @@ def main(argv=None) -> int:
         )
         rows.append({"teacher": acc["teacher"], "kd": acc["kd"], "kd3": acc["kd3"],
                      "kd_curve": kd, "kd3_curve": kd3, "kd_swing": largest_swing(kd),
-                     "kd3_swing": largest_swing(kd3), "seconds": s["wall_seconds"]})  # fmt: skip
+                     "kd3_swing": largest_swing(kd3), "kd_drop": largest_drop(kd),
+                     "kd3_drop": largest_drop(kd3), "seconds": s["wall_seconds"]})  # fmt: skip
         r = rows[-1]
         print(f"run {i + 1}: teacher {r['teacher']:.1%}  KD {r['kd']:.1%}  KD3 {r['kd3']:.1%}  "
-              f"largest epoch-to-epoch swing KD {r['kd_swing']:.1%} KD3 {r['kd3_swing']:.1%}  "
+              f"largest epoch-to-epoch swing KD {r['kd_swing']:.1%} KD3 {r['kd3_swing']:.1%}, "
+              f"drop KD {r['kd_drop']:.1%} KD3 {r['kd3_drop']:.1%}  "
               f"({r['seconds']:.0f} s)", flush=True)  # fmt: skip
     for name in ("teacher", "kd", "kd3"):
         values = [r[name] for r in rows]
