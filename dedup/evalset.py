@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from dedup.errors import DedupError
-from pool.images import decode_rgb
+from pool.images import decode_rgb, split_concatenated
 
 
 @dataclass
@@ -81,8 +81,7 @@ def _from_npz(path: Path) -> EvalSet:
             ids = [f"{path.name}#{i}" for i in range(len(x))]
             return EvalSet(ids, [None] * len(x), lambda i: Image.fromarray(x[i]))
         if {"jpeg", "offsets"} <= keys:  # the original files, concatenated
-            blob, offsets = data["jpeg"], data["offsets"]
-            items = [blob[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
+            items = split_concatenated(data["jpeg"], data["offsets"], str(path))
             ids = [f"{path.name}#{i}" for i in range(len(items))]
             shas = [hashlib.sha256(b).hexdigest() for b in items]
             return EvalSet(ids, shas, lambda i: _decode(items[i], ids[i]))

@@ -9,7 +9,6 @@ per-image Python in the training loop.
 from __future__ import annotations
 
 import io
-import itertools
 import math
 import os
 import warnings
@@ -197,23 +196,19 @@ def _npz_bytes(path: Path) -> int:
 def _decode_jpegs(path: Path, blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """The JPEG form, decoded: all images of one size, refused before decoding when one is
     over MAX_IMAGE_PIXELS or all together would be over the data limit."""
-    if (
-        blob.dtype != np.uint8
-        or blob.ndim != 1
-        or offsets.dtype.kind not in "iu"
-        or offsets.ndim != 1
-        or len(offsets) < 2
-        or offsets[0] < 0
-        or offsets[-1] > len(blob)
-        or (np.diff(offsets) < 0).any()
-    ):
-        raise DistillError(f"{path}: 'jpeg' must be bytes and 'offsets' N+1 rising positions in it")
+    from pool.errors import PoolError
+    from pool.images import split_concatenated
+
+    try:
+        files = split_concatenated(blob, offsets, str(path))
+    except PoolError as exc:
+        raise DistillError(str(exc)) from None
     images = []
     with warnings.catch_warnings():  # Pillow warns, then refuses, above its own pixel limits
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for i, (a, b) in enumerate(itertools.pairwise(offsets.tolist())):
+        for i, data in enumerate(files):
             try:
-                image = Image.open(io.BytesIO(blob[a:b].tobytes()))
+                image = Image.open(io.BytesIO(data))
                 w, h = image.size
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 w = h = MAX_IMAGE_PIXELS
@@ -221,7 +216,7 @@ def _decode_jpegs(path: Path, blob: np.ndarray, offsets: np.ndarray) -> np.ndarr
                 raise DistillError(f"{path}: image {i} is over {MAX_IMAGE_PIXELS:,} pixels")
             if not images:
                 first = (w, h)
-                nbytes = (len(offsets) - 1) * w * h * 3
+                nbytes = len(files) * w * h * 3
                 check_size(path, nbytes, DATA_BYTES_ENV, DATA_BYTES_DEFAULT)
             elif (w, h) != first:
                 raise DistillError(f"{path}: image {i} is {w}x{h}, image 0 {first[0]}x{first[1]}")

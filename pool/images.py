@@ -122,3 +122,23 @@ EXTENSIONS = {
 
 def extension_for(fmt: str) -> str:
     return EXTENSIONS.get(fmt, "img")
+
+
+def split_concatenated(blob: np.ndarray, offsets: np.ndarray, where: str) -> list[bytes]:
+    """The files of an npz's compact form: 'jpeg' holds the files' bytes end to end and
+    'offsets' the N+1 rising positions where each starts (the last: where the bytes end)."""
+    if (
+        blob.dtype != np.uint8
+        or blob.ndim != 1
+        or offsets.dtype.kind not in "iu"
+        or offsets.ndim != 1
+        or len(offsets) < 2
+        or offsets[0] < 0
+        or offsets[-1] > len(blob)
+        or (np.diff(offsets) < 0).any()
+    ):
+        raise InvalidImage(
+            f"{where}: 'jpeg' must be bytes and 'offsets' N+1 rising positions in it"
+        )
+    bounds = offsets.tolist()
+    return [blob[a:b].tobytes() for a, b in zip(bounds, bounds[1:], strict=False)]

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from pool.classes import ClassList
 from pool.errors import InvalidImage, PoolError
-from pool.images import inspect_image
+from pool.images import inspect_image, split_concatenated
 from pool.store import NewImage, Pool
 
 
@@ -77,8 +77,8 @@ def _read_npz(path: Path, classes: list[str] | None, progress: bool):
         count, encoded = len(x), (_png_bytes(img) for img in x)
     elif {"jpeg", "offsets"} <= keys:  # compact form: the original JPEG files, concatenated
         blob, offsets = _array(archive, "jpeg", path), _array(archive, "offsets", path)
-        count = len(offsets) - 1
-        encoded = (blob[offsets[i] : offsets[i + 1]].tobytes() for i in range(count))
+        files = split_concatenated(blob, offsets, str(path))
+        count, encoded = len(files), iter(files)
     else:
         raise PoolError(f"{path}: no 'x' array (expected uint8 images of shape N,H,W,3)")
     if count <= 0:

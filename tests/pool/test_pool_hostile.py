@@ -146,8 +146,32 @@ NAMES = np.array(["a", "b"])
         ({"x": X, "y": np.array([0, 1, 0, 1], dtype=object)}, "'y' is not a plain array"),
         ({"x": X.astype(object), "y": np.arange(4) % 2}, "'x' is not a plain array"),
         ({"x": X[:0], "y": np.zeros(0, np.int64), "class_names": NAMES}, "no images in it"),
+        (
+            {"jpeg": np.zeros(8, np.uint8), "offsets": np.array([0, 6, 3])},
+            "'jpeg' must be bytes and 'offsets' N+1",
+        ),
+        (
+            {"jpeg": np.zeros(8, np.uint8), "offsets": np.array([0.0, 8.0])},
+            "'jpeg' must be bytes and 'offsets' N+1",
+        ),
+        (
+            {"jpeg": np.zeros(8, np.uint8), "offsets": np.array([0, 80])},
+            "'jpeg' must be bytes and 'offsets' N+1",
+        ),
     ],
-    ids=["nan", "fraction", "strings", "one-hot", "negative", "object-y", "object-x", "empty"],
+    ids=[
+        "nan",
+        "fraction",
+        "strings",
+        "one-hot",
+        "negative",
+        "object-y",
+        "object-x",
+        "empty",
+        "offsets-falling",
+        "offsets-float",
+        "offsets-past-end",
+    ],  # fmt: skip
 )
 def test_bad_npz_labels_and_arrays_are_one_line_errors(tmp_path, capsys, arrays, message):
     path = _npz(tmp_path / "bad.npz", **arrays)
