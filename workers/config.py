@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crawler.allowed_settings import check_settings
-from distill.cli import DISTILL_METHODS
+from distill.cli import DISTILL_METHODS, EPOCH_SIZES
 from workers.references import check_name
 
 
@@ -84,7 +84,7 @@ class DistillOptions(_Strict):
     sharing: bool | None = None
     mixing: bool | None = None
     selection_rule: Literal["paper", "robust"] | None = None
-    epoch_size: Literal["selection", "pool"] | None = None
+    epoch_size: Literal[EPOCH_SIZES] | None = None
     tau: Fraction | None = None
     tau_min: Fraction | None = None
     tau_max: Fraction | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -17,6 +18,16 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "pipeline.yaml"
     path.write_text(text)
     return path
+
+
+def _refusal(tmp_path: Path, text: str) -> str:
+    """The error of loading config `text`: one line that starts with the file's path."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    return message
 
 
 def test_example_configs_are_valid():
@@ -58,11 +69,7 @@ def test_names_become_classes_and_paths_resolve_against_the_file(tmp_path):
     ],
 )
 def test_bad_configs_name_the_file_and_the_field(tmp_path, text, message):
-    path = _write(tmp_path, text)
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert str(err.value).startswith(f"{path}:") and message in str(err.value)
-    assert "\n" not in str(err.value)
+    assert message in _refusal(tmp_path, text)
 
 
 def test_kd3_run_refuses_a_bad_config_in_one_line(tmp_path):
@@ -94,11 +101,8 @@ def test_kd3_run_refuses_a_bad_config_in_one_line(tmp_path):
     ],
 )  # fmt: skip
 def test_a_spec_with_a_refused_crawl_setting_is_refused_in_one_line(tmp_path, settings, message):
-    path = _write(tmp_path, f"name: x\nclasses: [cat]\ncrawl: {{settings: {settings}}}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
-    assert "\n" not in str(err.value)
+    text = f"name: x\nclasses: [cat]\ncrawl: {{settings: {settings}}}\n"
+    assert message in _refusal(tmp_path, text)
 
 
 def test_a_spec_keeps_allowed_crawl_settings_typed_and_checks_networks(tmp_path):
@@ -124,21 +128,22 @@ def test_a_spec_keeps_allowed_crawl_settings_typed_and_checks_networks(tmp_path)
 )  # fmt: skip
 def test_a_spec_with_a_refused_distill_option_is_refused_in_one_line(tmp_path, distill, message):
     spec = distill[:-1] + ", teacher: t.pt}"
-    path = _write(tmp_path, f"name: x\nclasses: [cat]\npool: p\ndistill: {spec}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
-    assert "\n" not in str(err.value)
+    assert message in _refusal(tmp_path, f"name: x\nclasses: [cat]\npool: p\ndistill: {spec}\n")
 
 
 def test_every_distill_option_a_spec_may_set_is_a_training_setting(tmp_path):
     from dataclasses import fields
 
-    from distill.trainer import TrainConfig
+    from distill.methods.kd3 import SELECTION_RULES
+    from distill.trainer import AUGMENTS, EPOCH_SIZES, SCHEDULES, TrainConfig
     from workers.config import DistillOptions, DistillSpec
 
     train_fields = {f.name for f in fields(TrainConfig)}
     assert set(DistillOptions.model_fields) <= train_fields
+    choices = {name: get_args(get_args(DistillOptions.model_fields[name].annotation)[0])
+               for name in ("schedule", "augment", "selection_rule", "epoch_size")}  # fmt: skip
+    assert choices == {"schedule": SCHEDULES, "augment": AUGMENTS,
+                       "selection_rule": SELECTION_RULES, "epoch_size": EPOCH_SIZES}  # fmt: skip
     assert (
         set(DistillSpec.model_fields) - {"teacher", "teacher_arch", "eval", "options", "device"}
         <= train_fields
