@@ -39,6 +39,13 @@ def refusal_reason(address: Address) -> str | None:
     return next((name for name, hit in checks if hit), None)
 
 
+def parse_networks(
+    networks: Iterable[str],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Networks in CIDR form (host bits allowed); a ValueError names the first bad one."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
 @dataclass(frozen=True)
 class AddressPolicy:
     """Refuse non-global addresses except inside `allowed` networks (e.g. 127.0.0.1/32)."""
@@ -48,7 +55,7 @@ class AddressPolicy:
     @classmethod
     def from_networks(cls, networks: Iterable[str]) -> AddressPolicy:
         try:
-            return cls(tuple(ipaddress.ip_network(n, strict=False) for n in networks))
+            return cls(parse_networks(networks))
         except ValueError as exc:
             raise ValueError(f"KD3_ALLOWED_NETWORKS: {exc}") from None
 

@@ -7,7 +7,6 @@ request queue and duplicate filter live in Redis (scrapy-redis).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 import uuid
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import redis
 
+from crawler.addresses import parse_networks
 from crawler.allowed_settings import check_settings
 from crawler.errors import CrawlError
 from crawler.stats import read_stats, stats_key
@@ -116,7 +116,7 @@ def crawl(
     settings = check_settings(settings)
     for network in allow_networks:
         try:
-            ipaddress.ip_network(network, strict=False)
+            parse_networks([network])
         except ValueError as exc:
             raise CrawlError(f"--allow-network {network}: {exc}") from None
     unknown = sorted(set(sources) - set(SOURCES))

@@ -12,13 +12,13 @@ from an existing pool; leave out `dedup` or `distill` to stop earlier.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from crawler.addresses import parse_networks
 from crawler.allowed_settings import check_settings
 from distill.cli import DISTILL_METHODS, EPOCH_SIZES
 from workers.references import check_name
@@ -49,8 +49,7 @@ class CrawlSpec(_Strict):
     @field_validator("allow_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for network in value:
-            ipaddress.ip_network(network, strict=False)  # ValueError names the bad network
+        parse_networks(value)  # a ValueError names the bad network
         return value
 
     @field_validator("settings")
