@@ -1,7 +1,9 @@
 """The crawler's user-facing error (kept free of heavy imports for the `kd3` command line)."""
 
+from common.errors import UserError
 
-class CrawlError(Exception):
+
+class CrawlError(UserError):
     """The crawl cannot start as asked (bad source, no Redis, ...); one line for the user."""
 
 

@@ -1,7 +1,9 @@
 """Errors of the distill stage that a user can fix; each message is one line."""
 
+from common.errors import UserError
 
-class DistillError(Exception):
+
+class DistillError(UserError):
     """Bad input to the distill stage (checkpoint, dataset, configuration)."""
 
 

@@ -1,7 +1,9 @@
 """Errors raised by the pool contract. Each message is one line and names the file at fault."""
 
+from common.errors import UserError
 
-class PoolError(Exception):
+
+class PoolError(UserError):
     """A pool, its manifest or an input to it is unusable; the pool was left unchanged."""
 
 

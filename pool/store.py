@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pool import manifest
 from pool.classes import ClassList
 from pool.errors import InvalidImage, PoolError
-from pool.images import extension_for, inspect_image
+from pool.images import ImageInfo, extension_for, inspect_image
 
 
 @dataclass
@@ -46,6 +46,10 @@ class NewImage:
     class_index: int = -1
     fetched_at: datetime | None = None
     extra: dict = field(default_factory=dict)
+    # Set by a caller that already validated or hashed the bytes (the crawler), so that
+    # Pool.add neither decodes nor hashes them again.
+    info: ImageInfo | None = None
+    sha256: str | None = None
 
 
 @dataclass
@@ -165,11 +169,11 @@ class Pool:
         leave the pool untouched. An image already stored is not stored again; a find of it
         under a new URL is recorded in finds/.
         """
-        shas = [sha256_hex(item.data) for item in items]  # hashed once per item
+        shas = [item.sha256 or sha256_hex(item.data) for item in items]  # hashed once per item
         rows: dict[str, dict] = {}
         for sha, item in zip(shas, items, strict=True):
             try:
-                info = inspect_image(item.data, **image_limits)
+                info = item.info or inspect_image(item.data, **image_limits)
             except InvalidImage as exc:
                 raise PoolError(f"{item.url}: {exc}") from None
             rows.setdefault(sha, self._row(sha, item, info))

@@ -18,13 +18,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.errors import UserError
 from crawler.addresses import parse_networks
 from crawler.allowed_settings import check_settings
 from distill.cli import DISTILL_METHODS, EPOCH_SIZES
 from workers.references import check_name
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A config file that cannot be used; the message names the file and every bad field."""
 
 

@@ -15,12 +15,14 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from common.errors import UserError
+
 PREFIX = "artifact:"  # a job spec's reference to a key in the store, e.g. artifact:pools/pets
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
 MAX_KEY_LENGTH = 512
 
 
-class ArtifactError(Exception):
+class ArtifactError(UserError):
     """An input that cannot be put into, or read from, the artifact store."""
 
 
