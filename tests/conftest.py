@@ -38,3 +38,14 @@ def make_image_bytes(seed: int, size=(32, 32), fmt: str = "PNG") -> bytes:
 @pytest.fixture
 def image_bytes():
     return make_image_bytes
+
+
+@pytest.fixture
+def free_port_url():
+    """A redis:// URL on a 127.0.0.1 port where nothing listens (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"

@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 
 import redis
 
+from common.errors import UserError
+
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 KINDS = ("crawl", "dedup", "distill", "pipeline")
 _JSON_FIELDS = ("spec", "progress", "metrics", "artifacts", "children")
 
 
-class JobNotFound(KeyError):
+class JobNotFound(UserError, KeyError):
     def __str__(self) -> str:
         return f"no job '{self.args[0]}'"
 

@@ -2,53 +2,59 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from datetime import UTC, datetime
 
-import redis
+from workers.cli import add_connection_flags
+from workers.jobs import TERMINAL, Job, JobStore
+from workers.settings import Settings, redis_client
 
-from workers.jobs import TERMINAL, Job, JobNotFound, JobStore
-from workers.settings import Settings
+JOB_EXAMPLES = {
+    "status": "kd3 status 3f2c...   # exit status 1 when the job failed",
+    "watch": "kd3 watch 3f2c... --redis redis://127.0.0.1:6379/0",
+    "cancel": "kd3 cancel 3f2c...   # the job stops at its next step and keeps its checkpoint",
+    "artifacts": "kd3 artifacts 3f2c...   # student.pt, metrics.jsonl, report.png ...",
+}
+
+
+def _parser(subparsers, name: str, example: str):
+    return subparsers.add_parser(
+        name,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def register(subparsers) -> None:
-    for name, helptext in [("status", "a job's record"), ("watch", "follow a job live"),
-                           ("cancel", "stop a job (at its next step)"),
-                           ("artifacts", "a job's outputs")]:  # fmt: skip
-        cmd = subparsers.add_parser(name, help=helptext)
-        cmd.add_argument("job", metavar="JOB")
-        _add_connection(cmd)
+    for name, example in JOB_EXAMPLES.items():
+        cmd = _parser(subparsers, name, example)
+        cmd.add_argument("job", metavar="JOB", help="the job id kd3 submit printed")
+        add_connection_flags(cmd)
         cmd.set_defaults(func=globals()[f"cmd_{name}"])
-    jobs = subparsers.add_parser("jobs", help="recent jobs, newest first")
-    jobs.add_argument("--limit", type=int, default=20)
-    _add_connection(jobs)
+    jobs = _parser(subparsers, "jobs", "kd3 jobs --limit 5")
+    jobs.add_argument("--limit", type=int, default=20, help="how many (default: %(default)s)")
+    add_connection_flags(jobs)
     jobs.set_defaults(func=cmd_jobs)
 
 
-def _add_connection(parser) -> None:
-    parser.add_argument("--redis", help="Redis URL (default: $KD3_REDIS_URL)")
-    parser.add_argument("--artifacts", help="artifact store (default: $KD3_ARTIFACTS)")
-
-
 def _settings(args) -> Settings:
+    """The environment's settings, with --redis/--artifacts (given at any level) on top."""
     base = Settings.from_env()
     return Settings(
-        **{**base.__dict__, "redis_url": args.redis or base.redis_url,
-           "artifacts": args.artifacts or base.artifacts}
+        **{**base.__dict__, "redis_url": getattr(args, "redis", None) or base.redis_url,
+           "artifacts": getattr(args, "artifacts", None) or base.artifacts}
     )  # fmt: skip
 
 
 def _store(args) -> JobStore:
-    return JobStore(redis.Redis.from_url(_settings(args).redis_url))
+    return JobStore(redis_client(_settings(args).redis_url))
 
 
 def _get(store: JobStore, job_id: str) -> Job:
-    try:
-        return store.get(job_id)
-    except JobNotFound as exc:
-        raise SystemExit(f"kd3: {exc}") from None
+    return store.get(job_id)  # JobNotFound is a one-line user error
 
 
 def format_summary(parent: Job, children: list[Job], artifacts_root: str) -> str:

@@ -11,14 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import redis
-
 from workers.artifacts import ArtifactStore
 from workers.config import PipelineConfig
 from workers.jobs import Job, JobStore
 from workers.local_redis import RedisServer
 from workers.pipeline import create_pipeline
 from workers.runtime import execute_job
+from workers.settings import redis_client
 
 
 def run_pipeline(
@@ -32,10 +31,11 @@ def run_pipeline(
         if redis_url is None:
             server = stack.enter_context(RedisServer(data_dir=Path(artifacts_root) / "redis"))
             redis_url = server.url
-        store = JobStore(redis.Redis.from_url(redis_url))
+        store = JobStore(redis_client(redis_url))
         artifacts = ArtifactStore(artifacts_root)
         queue: list[Job] = []
         parent = create_pipeline(store, artifacts, config, queue.append)
+        _say_which_pool(config, store, parent, artifacts, log)
         while queue:
             job = queue.pop(0)
             log(f"[{job.kind}] {job.id} starting")
@@ -49,3 +49,14 @@ def run_pipeline(
         # A one-stage config makes a single job: it is its own (only) stage.
         children = [store.get(c) for c in top.children] if top.kind == "pipeline" else [top]
         return top, children
+
+
+def _say_which_pool(config, store, parent, artifacts, log) -> None:
+    """Dedup rewrites the manifest of the pool it is given: a local pool is first copied into
+    the artifact store (named by its content), and the copy is what changes."""
+    if config.pool is None or config.dedup is None or config.pool.startswith("artifact:"):
+        return
+    jobs = [store.get(c) for c in parent.children] if parent.kind == "pipeline" else [parent]
+    ref = next(job.spec["pool"] for job in jobs if job.kind == "dedup")
+    copy = artifacts.url(ref.removeprefix("artifact:"))
+    log(f"dedup marks {copy}, a copy of {config.pool}; {config.pool} itself is not changed")

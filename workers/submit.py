@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-import redis
+import functools
 
 from workers.artifacts import ArtifactStore
 from workers.config import DistillSpec, PipelineConfig
 from workers.jobs import Job, JobStore
 from workers.pipeline import create_pipeline
-from workers.settings import Settings
+from workers.settings import Settings, redis_client
 
 TRAIN_FIELDS = ("method", "student", "epochs", "batch_size", "lr", "seed")
 
 
-def enqueue(settings: Settings, job: Job) -> None:
-    from workers.celery_app import make_app, send_job
+@functools.cache
+def _app(settings: Settings):
+    """One Celery app (and broker connection pool) per settings, however many jobs are queued."""
+    from workers.celery_app import make_app
 
-    send_job(make_app(settings), job)
+    return make_app(settings)
+
+
+def enqueue(settings: Settings, job: Job) -> None:
+    from workers.celery_app import send_job
+
+    send_job(_app(settings), job)
 
 
 def submit(settings: Settings, config: PipelineConfig) -> Job:
     """Upload local inputs, create the job record(s) and queue the first stage."""
-    store = JobStore(redis.Redis.from_url(settings.redis_url))
+    store = JobStore(redis_client(settings.redis_url))
     return create_pipeline(store, ArtifactStore(settings.artifacts), config,
                            lambda job: enqueue(settings, job))  # fmt: skip
 
