@@ -4,7 +4,7 @@
         [--radius R] [--sim S] [--teacher CKPT] [--train-limit 50000] [--skip-train]
 
 Builds a temporary pool from the web pool (webpool_tinyimagenet32.npz, untouched images) plus
-transformed copies of CIFAR-10 test images, runs `kd3 dedup` (dedup.run_dedup) against the
+transformed copies of CIFAR-10 test images, runs `kd3 dedup` (dedup.run.dedup_pool) against the
 CIFAR-10 test set as evaluation set, and prints recall per transform and the false-positive rate
 on the untouched pool images, separately for a tuning split (even CIFAR-10 test index, even
 web-pool index: the split the default thresholds were chosen on, with a table of what other
@@ -138,15 +138,16 @@ def split_of(url: str) -> str:
 
 def main() -> None:
     from dedup.decontaminate import VERIFY_SIM_HASH
-    from dedup.embeddings import DEFAULT_NETWORK
-    from dedup.run import DEFAULT_RADIUS, DEFAULT_SIM, dedup_pool
+    from dedup.options import DedupOptions
+    from dedup.run import dedup_pool
 
+    defaults = DedupOptions()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data")
     parser.add_argument("--per-transform", type=int, default=400)
-    parser.add_argument("--radius", type=int, default=DEFAULT_RADIUS)
-    parser.add_argument("--sim", type=float, default=DEFAULT_SIM)
-    parser.add_argument("--network", default=DEFAULT_NETWORK)
+    parser.add_argument("--radius", type=int, default=defaults.radius)
+    parser.add_argument("--sim", type=float, default=defaults.similarity)
+    parser.add_argument("--network", default=defaults.network)
     parser.add_argument("--teacher", help="embed with this teacher checkpoint's pooled features")
     parser.add_argument("--train-limit", type=int, default=50000)
     parser.add_argument("--seed", type=int, default=0, help="which transformed copies are made")
@@ -186,11 +187,10 @@ def main() -> None:
         built = time.perf_counter() - start
         result = dedup_pool(
             pool.root,
+            options(args),
             eval_set=data / "cifar10_test.npz",
             extractor=extractor,
             model_key=key,
-            radius=args.radius,
-            sim=args.sim,
         )
         elapsed = time.perf_counter() - start - built
         table = pool.manifest()
@@ -276,6 +276,7 @@ def teacher_similarity(ckpt: str, web, test, rng, n_web: int = 4000, n_test: int
 
 def teacher_grouping(ckpt: str, web, rng, n: int = 4000) -> None:
     """Unrelated web images merged by the teacher's features alone, and after the check."""
+    from dedup.options import DedupOptions
     from dedup.run import dedup_pool
     from distill.features import load_feature_extractor
     from pool.store import NewImage, Pool
@@ -287,9 +288,9 @@ def teacher_grouping(ckpt: str, web, rng, n: int = 4000) -> None:
         pool.add([NewImage(_png(Image.fromarray(web[i])), url=f"web#{i}") for i in picks])
         print(f"teacher {ckpt}: {n} untouched web images, hash radius <= 4, similarity >= 0.97")
         for label, verify_sim in (("features alone", -1.0), ("alignment-checked", None)):
-            kw = {} if verify_sim is None else {"verify_sim": verify_sim}
+            opts = DedupOptions() if verify_sim is None else DedupOptions(verify_sim=verify_sim)
             start = time.perf_counter()
-            result = dedup_pool(pool.root, extractor=extract, model_key="teacher", **kw)
+            result = dedup_pool(pool.root, opts, extractor=extract, model_key="teacher")
             dups = sum(v == "duplicate" for v in result.statuses.values())
             pairs = result.embedding_edges
             print(
@@ -298,6 +299,13 @@ def teacher_grouping(ckpt: str, web, rng, n: int = 4000) -> None:
                 f"{pairs['checked']}, confirmed {pairs['confirmed']}; "
                 f"{time.perf_counter() - start:.0f} s"
             )
+
+
+def options(args):
+    """The dedup options this bench varies; the rest are DedupOptions' defaults."""
+    from dedup.options import DedupOptions
+
+    return DedupOptions(radius=args.radius, similarity=args.sim)
 
 
 def network(args):
@@ -352,11 +360,10 @@ def train_vs_test(data: Path, args, extractor, key) -> None:
         pool.add(items)
         result = dedup_pool(
             pool.root,
+            options(args),
             eval_set=data / "cifar10_test_jpeg.npz",
             extractor=extractor,
             model_key=key,
-            radius=args.radius,
-            sim=args.sim,
         )
         table = pool.manifest().to_pylist()
     overlaps = [r for r in table if r["status"] == "test_overlap"]

@@ -17,12 +17,16 @@ Methods:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import faiss
 import numpy as np
+from tqdm import tqdm
+
+from dedup.options import IndexMethod
 
 BITS = 64
-METHODS = ("auto", "flat", "multihash", "ivf")
+METHODS = get_args(IndexMethod)
 FLAT_LIMIT = 2e11  # query-database pairs; about 90 s of exhaustive search on 2 cores
 
 
@@ -54,6 +58,8 @@ def build_index(codes: np.ndarray, method: str, radius: int, nprobe: int | None 
         index.nflip = radius // 3
     elif method == "ivf":
         nlist = int(min(4096, max(16, 1024 * (len(codes) / 1e6) ** 0.5)))
+        # FAISS wants >= 39 training points per cell; small sets get fewer cells (one: exhaustive)
+        nlist = max(1, min(nlist, len(codes) // 39))
         index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(BITS), BITS, nlist)
         sample = codes[np.random.default_rng(0).permutation(len(codes))[: 64 * nlist]]
         index.train(sample)
@@ -64,10 +70,18 @@ def build_index(codes: np.ndarray, method: str, radius: int, nprobe: int | None 
     return index
 
 
-def range_search(index, queries: np.ndarray, radius: int, chunk: int = 100_000) -> Pairs:
+def range_search(
+    index,
+    queries: np.ndarray,
+    radius: int,
+    chunk: int = 100_000,
+    progress: bool = False,
+    desc: str = "hash search",
+) -> Pairs:
     """All (query, database) pairs with Hamming distance <= radius (inclusive)."""
     parts_q, parts_db, parts_d = [], [], []
-    for start in range(0, len(queries), chunk):
+    starts = range(0, len(queries), chunk)
+    for start in tqdm(starts, disable=not progress, desc=desc, unit="chunk"):
         block = np.ascontiguousarray(queries[start : start + chunk])
         lims, dist, ids = index.range_search(block, radius + 1)  # FAISS: strictly below
         parts_q.append(
@@ -90,13 +104,14 @@ def near_pairs(
     radius: int,
     method: str = "auto",
     nprobe: int | None = None,
+    progress: bool = False,
 ) -> Pairs:
     """Pairs i < j within `radius` among `codes`; a mirrored image counts as the same image."""
     queries = codes if mirror_codes is None else np.concatenate([codes, mirror_codes])
     index = build_index(
         codes, choose_method(len(codes), len(queries), radius, method), radius, nprobe
     )
-    found = range_search(index, queries, radius)
+    found = range_search(index, queries, radius, progress=progress, desc="duplicate search")
     i = found.query % len(codes)
     j = found.db
     keep = i != j

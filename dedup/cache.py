@@ -10,7 +10,6 @@ Parts may repeat an image (a crash between writing a part and compacting): the l
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -18,21 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.files import atomic_write
 from dedup.hashing import HASH_COLUMNS
 
 COMPACT_AFTER = 32  # parts
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _part_name(suffix: str) -> str:
@@ -60,7 +48,7 @@ class HashCache:
         table = pa.table(
             {"sha256": list(rows)} | {c: [r[c] for r in rows.values()] for c in HASH_COLUMNS}
         )
-        _atomic(self.dir / _part_name(".parquet"), lambda tmp: pq.write_table(table, tmp))
+        atomic_write(self.dir / _part_name(".parquet"), lambda fh: pq.write_table(table, fh))
 
     def _compact(self, rows: dict, parts: list[Path]) -> None:
         self.append(rows)
@@ -89,9 +77,6 @@ class EmbeddingCache:
             return
         shas = np.array(list(features), dtype="U64")
         feats = np.stack(list(features.values())).astype(np.float32)
-
-        def write(tmp):
-            with open(tmp, "wb") as fh:
-                np.savez(fh, sha256=shas, features=feats)
-
-        _atomic(self.dir / _part_name(".npz"), write)
+        atomic_write(
+            self.dir / _part_name(".npz"), lambda fh: np.savez(fh, sha256=shas, features=feats)
+        )

@@ -1,4 +1,4 @@
-"""`kd3 dedup POOL [--eval ...] [--teacher CKPT] [--radius R] [--sim S]`."""
+"""`kd3 dedup POOL [--eval SET] [--teacher CKPT] [options]`: flags from dedup.options."""
 
 from __future__ import annotations
 
@@ -6,82 +6,61 @@ import argparse
 import sys
 from collections.abc import Callable
 
-DEFAULT_RADIUS = 4  # kept equal to dedup.run.DEFAULT_RADIUS (not imported: keeps --help fast)
-DEFAULT_SIM = 0.97
-DEFAULT_VERIFY_SIM = 0.97  # kept equal to dedup.decontaminate.VERIFY_SIM
+from common.options import add_flags, from_args
+from dedup.options import DedupOptions
+
+EXAMPLES = """examples:
+  kd3 dedup pools/pets --eval test.npz             # hashes + thumbnail features
+  kd3 dedup pools/pets --eval test.npz --teacher teacher.pt --sim 0.95
+  kd3 dedup pools/pets --no-embeddings --radius 6  # hashes only, looser
+
+Statuses are recomputed on every run; only images not seen before are decoded. The report is
+written to POOL/dedup/report.json with a contact sheet (POOL/dedup/contact_sheet.png)."""
 
 
 def register(subparsers, teacher_loader: Callable[[str], object] | None = None) -> None:
     """`teacher_loader(path) -> feature extractor` turns --teacher CKPT into features."""
     parser = subparsers.add_parser(
-        "dedup", help="mark duplicates and evaluation-set overlaps in a pool's manifest"
+        "dedup",
+        help="mark duplicates and evaluation-set overlaps in a pool's manifest",
+        description="Mark near-duplicate images and images that overlap an evaluation set in a "
+        "pool's manifest (status duplicate / test_overlap); nothing is deleted.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("pool", metavar="POOL")
+    parser.add_argument("pool", metavar="POOL", help="the pool directory to deduplicate")
     parser.add_argument(
-        "--eval", metavar="POOL_DIR_OR_NPZ", help="evaluation set: a pool, image folder or .npz"
-    )
-    parser.add_argument("--teacher", metavar="CKPT", help="use the teacher's pooled features")
-    parser.add_argument(
-        "--network",
-        default="thumbnail-8",
-        help="default feature network when no --teacher (thumbnail-8, thumbnail-16)",
-    )
-    parser.add_argument("--no-embeddings", action="store_true", help="hashes only")
-    parser.add_argument(
-        "--radius", type=int, default=DEFAULT_RADIUS, help="Hamming radius, inclusive (<= R)"
+        "--eval",
+        metavar="SET",
+        help="evaluation set to decontaminate against: a pool, an image folder or an .npz "
+        "(default: none)",
     )
     parser.add_argument(
-        "--sim", type=float, default=DEFAULT_SIM, help="cosine similarity, inclusive (>= S)"
+        "--teacher",
+        metavar="CKPT",
+        help="compare this checkpoint's pooled features instead of --network's (default: none)",
     )
-    parser.add_argument(
-        "--verify-sim",
-        type=float,
-        default=DEFAULT_VERIFY_SIM,
-        help="alignment score (inclusive, >= V) an evaluation-overlap candidate or a feature-only "
-        "duplicate pair needs",
-    )
-    parser.add_argument("--hash", default="phash", choices=["phash", "dhash"])
-    parser.add_argument(
-        "--index",
-        default="auto",
-        choices=["auto", "flat", "multihash", "ivf"],
-        help="FAISS binary index for the Hamming search",
-    )
-    parser.add_argument(
-        "--no-eval-crops", action="store_true", help="do not index crops of evaluation images"
+    add_flags(
+        parser,
+        DedupOptions,
+        title="dedup options (also the `dedup:` section of a pipeline config, where --sim is "
+        "`similarity`)",
     )
     parser.set_defaults(func=lambda args: cmd_dedup(args, teacher_loader))
 
 
 def cmd_dedup(args: argparse.Namespace, teacher_loader=None) -> int:
-    from dedup import embeddings
-    from dedup.errors import DedupError
-    from dedup.report import format_report, write_report
-    from dedup.run import dedup_pool, model_key_for_file
+    options = from_args(DedupOptions, args, "bad option")
+    from dedup.report import format_report
+    from dedup.stage import run_dedup
 
-    extractor, key = None, None
-    if args.teacher:
-        if teacher_loader is None:
-            raise DedupError("--teacher needs a teacher loader; this kd3 was built without one")
-        try:
-            key = model_key_for_file(args.teacher)
-        except OSError as exc:
-            raise DedupError(f"{args.teacher}: cannot read checkpoint ({exc.strerror})") from None
-        extractor = teacher_loader(args.teacher)
-    elif not args.no_embeddings:
-        extractor, key = embeddings.create_extractor(args.network), args.network
-    result = dedup_pool(
+    report = run_dedup(
         args.pool,
+        options,
         eval_set=args.eval,
-        extractor=extractor,
-        model_key=key,
-        radius=args.radius,
-        sim=args.sim,
-        hash_kind=args.hash,
-        method=args.index,
-        eval_crops=not args.no_eval_crops,
-        verify_sim=args.verify_sim,
+        teacher=args.teacher,
+        teacher_loader=teacher_loader,
         progress=sys.stderr.isatty(),
     )
-    print(format_report(write_report(result)))
+    print(format_report(report))
     return 0

@@ -30,10 +30,10 @@ CROPS = [
     for fx, fy in ((0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5))
 ]
 # Candidate and verification thresholds, chosen on the tuning split (even CIFAR-10 test indices,
-# even web-pool indices) of bench/dedup_quality.py; its report split is disjoint.
+# even web-pool indices) of bench/dedup_quality.py; its report split is disjoint. The main
+# verification threshold is the user's option (DedupOptions.verify_sim).
 CANDIDATE_RADIUS = 8
 CANDIDATE_SIM = 0.85
-VERIFY_SIM = 0.97
 VERIFY_SIM_HASH = 0.93
 PAIR_CHUNK = 50_000
 
@@ -123,19 +123,22 @@ def find_overlaps(
     features: np.ndarray | None,
     load_thumbs: Callable[[np.ndarray], np.ndarray],
     radius: int,
-    candidate_sim: float = CANDIDATE_SIM,
-    verify_sim: float = VERIFY_SIM,
+    verify_sim: float,
     verify_sim_hash: float = VERIFY_SIM_HASH,
+    candidate_sim: float = CANDIDATE_SIM,
     method: str = "auto",
+    progress: bool = False,
 ) -> tuple[dict[int, Overlap], Candidates]:
     """{pool row: Overlap} for every pool image that matches an evaluation item, and the
     candidates that were checked. `features` (pool) and `index.features` must be normalised
     the same way; `load_thumbs(rows)` returns the pool rows' 32x32 uint8 thumbnails."""
-    rows, items = _candidate_pairs(index, codes, features, candidate_sim, method)
+    rows, items = _candidate_pairs(index, codes, features, candidate_sim, method, progress)
     ham, sim = _pair_scores(index, codes, features, rows, items)
     need = np.unique(rows)
     local = np.searchsorted(need, rows)
-    align = verify.alignment(load_thumbs(need), index.thumbs, local, items)
+    align = verify.alignment(
+        load_thumbs(need), index.thumbs, local, items, progress, "verify overlap candidates"
+    )
     accept = (align >= verify_sim) | ((ham <= radius) & (align >= verify_sim_hash))
     out: dict[int, Overlap] = {}
     order = np.argsort(-align, kind="stable")
@@ -154,11 +157,13 @@ def find_overlaps(
     return out, Candidates(rows, items, ham, sim, align)
 
 
-def _candidate_pairs(index, codes, features, candidate_sim, method):
+def _candidate_pairs(index, codes, features, candidate_sim, method, progress=False):
     """Unique (pool row, evaluation item) pairs from the loose hash radius and similarity."""
     rows, items = [], []
     if features is not None and index.features is not None:
-        found = embeddings.similar(index.features, features, candidate_sim)
+        found = embeddings.similar(
+            index.features, features, candidate_sim, progress=progress, desc="overlap features"
+        )
         rows.append(found.query)
         items.append(found.db // index.per_item)
     if len(codes):
@@ -167,7 +172,9 @@ def _candidate_pairs(index, codes, features, candidate_sim, method):
             binary_index.choose_method(len(index.codes), len(codes), CANDIDATE_RADIUS, method),
             CANDIDATE_RADIUS,
         )
-        found = binary_index.range_search(bindex, codes, CANDIDATE_RADIUS)
+        found = binary_index.range_search(
+            bindex, codes, CANDIDATE_RADIUS, progress=progress, desc="overlap hashes"
+        )
         rows.append(found.query)
         items.append(found.db // index.per_item)
     if not rows:

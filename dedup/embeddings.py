@@ -4,7 +4,8 @@ A feature extractor is any callable taking a uint8 NHWC numpy batch and returnin
 features (`distill.features.load_feature_extractor` returns one for a teacher checkpoint). An
 extractor may carry `input_size` (pixels, square); images are resized to it (default 32).
 
-Default networks (no pretrained weights can be downloaded, so none is learned):
+Built-in networks (no pretrained weights can be downloaded, so none is learned; the default is
+dedup.options.DedupOptions.network):
   thumbnail-8   8x8 colour thumbnail, mean removed, unit length: cosine similarity is the
                 correlation of two thumbnails. Measured on CIFAR-10 vs Tiny-ImageNet (see
                 bench/dedup_quality.py): robust to resize, re-encoding and colour jitter,
@@ -20,10 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]
-DEFAULT_NETWORK = "thumbnail-8"
 FLAT_LIMIT = 200_000  # database size above which the float index is IVF
+SEARCH_CHUNK = 65_536  # queries per FAISS search call (one progress step)
 
 
 def _thumbnail_module(grid: int):
@@ -69,7 +71,7 @@ class TorchExtractor:
         return np.concatenate(out) if out else np.empty((0, 0), np.float32)
 
 
-def create_extractor(name: str = DEFAULT_NETWORK, device: str | None = None) -> TorchExtractor:
+def create_extractor(name: str, device: str | None = None) -> TorchExtractor:
     if name not in NETWORKS:
         from dedup.errors import DedupError
 
@@ -103,7 +105,14 @@ class Matches:
     sim: np.ndarray
 
 
-def similar(db: np.ndarray, queries: np.ndarray, threshold: float, k: int = 16) -> Matches:
+def similar(
+    db: np.ndarray,
+    queries: np.ndarray,
+    threshold: float,
+    k: int = 16,
+    progress: bool = False,
+    desc: str = "feature search",
+) -> Matches:
     """Database items with cosine similarity >= threshold to each query (up to k per query).
 
     Flat inner-product index for small databases, IVF for large ones; on the GPU when FAISS
@@ -125,7 +134,11 @@ def similar(db: np.ndarray, queries: np.ndarray, threshold: float, k: int = 16) 
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(db)
-    sims, ids = index.search(queries, min(k, len(db)))
-    keep = (ids >= 0) & (sims >= np.float32(threshold))
-    rows = np.nonzero(keep)
-    return Matches(rows[0].astype(np.int64), ids[keep].astype(np.int64), sims[keep])
+    parts = []
+    starts = range(0, len(queries), SEARCH_CHUNK)
+    for start in tqdm(starts, disable=not progress, desc=desc, unit="chunk"):
+        sims, ids = index.search(queries[start : start + SEARCH_CHUNK], min(k, len(db)))
+        keep = (ids >= 0) & (sims >= np.float32(threshold))
+        rows = np.nonzero(keep)[0] + start
+        parts.append((rows.astype(np.int64), ids[keep].astype(np.int64), sims[keep]))
+    return Matches(*(np.concatenate(p) for p in zip(*parts, strict=True)))

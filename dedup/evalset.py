@@ -1,18 +1,19 @@
-"""The user's evaluation set: a pool directory, an image folder or an .npz file of uint8 images."""
+"""The user's evaluation set: a pool directory, an image folder or an .npz file (read by
+pool.npz, like every stage's npz: pixels or the original files, EXIF, alpha and gray handled)."""
 
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from dedup.errors import DedupError
-from pool.images import decode_rgb, split_concatenated
+from pool.errors import PoolError
+from pool.images import decode_rgb
+from pool.npz import read_npz
 
 
 @dataclass
@@ -72,19 +73,15 @@ def _from_pool(root: Path) -> EvalSet:
 
 def _from_npz(path: Path) -> EvalSet:
     try:
-        data = np.load(path, allow_pickle=False)
-        keys = set(data.files)
-        if "x" in keys:
-            x = data["x"]
-            if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-                raise DedupError(f"{path}: 'x' must be uint8 (N,H,W,3), got {x.dtype} {x.shape}")
-            ids = [f"{path.name}#{i}" for i in range(len(x))]
-            return EvalSet(ids, [None] * len(x), lambda i: Image.fromarray(x[i]))
-        if {"jpeg", "offsets"} <= keys:  # the original files, concatenated
-            items = split_concatenated(data["jpeg"], data["offsets"], str(path))
-            ids = [f"{path.name}#{i}" for i in range(len(items))]
-            shas = [hashlib.sha256(b).hexdigest() for b in items]
-            return EvalSet(ids, shas, lambda i: _decode(items[i], ids[i]))
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DedupError(f"{path}: not a readable .npz ({type(exc).__name__})") from None
-    raise DedupError(f"{path}: no 'x' array (uint8 N,H,W,3) and no 'jpeg'+'offsets' arrays")
+        images = read_npz(path)
+    except PoolError as exc:
+        raise DedupError(f"evaluation set {exc}") from None
+
+    def load(i: int) -> Image.Image:
+        try:
+            return images.rgb(i)
+        except PoolError as exc:
+            raise DedupError(f"evaluation set {exc}") from None
+
+    ids = [images.name(i) for i in range(len(images))]
+    return EvalSet(ids, [images.byte_sha256(i) for i in range(len(images))], load)

@@ -26,13 +26,12 @@ from dedup import binary_index, decontaminate, embeddings, grouping, verify
 from dedup.cache import EmbeddingCache, HashCache
 from dedup.errors import DedupError
 from dedup.evalset import load_eval_set
-from dedup.hashing import HASH_KINDS, hamming, image_hashes, to_codes
+from dedup.hashing import hamming, image_hashes, to_codes
+from dedup.options import DedupOptions
 from pool import manifest
 from pool.images import decode_rgb, resize_center_crop
 from pool.store import Pool
 
-DEFAULT_RADIUS = 4  # inclusive Hamming radius (pHash distances are even: 4 and 5 act alike)
-DEFAULT_SIM = 0.97  # cosine similarity, inclusive
 BATCH = 2048
 CENTRE_MIN_IMAGES = 64  # smaller pools: features are compared uncentred
 FIELDS = {f.name: f for f in manifest.CORE_FIELDS + manifest.OPTIONAL_FIELDS}
@@ -62,27 +61,19 @@ def model_key_for_file(path: str | os.PathLike) -> str:
 
 def dedup_pool(
     pool_dir: str | os.PathLike,
+    options: DedupOptions | None = None,
+    *,
     eval_set: str | os.PathLike | None = None,
     extractor: embeddings.FeatureExtractor | None = None,
     model_key: str | None = None,
-    radius: int = DEFAULT_RADIUS,
-    sim: float = DEFAULT_SIM,
-    hash_kind: str = "phash",
-    method: str = "auto",
-    eval_crops: bool = True,
-    verify_sim: float = decontaminate.VERIFY_SIM,
     progress: bool = False,
 ) -> DedupResult:
-    """Run the whole stage on one pool. `extractor` None means hashes only."""
-    if hash_kind not in HASH_KINDS:
-        raise DedupError(f"unknown hash {hash_kind!r}; choose from {', '.join(HASH_KINDS)}")
-    if not 0 <= radius < 64:
-        raise DedupError(f"--radius must be between 0 and 63, got {radius}")
-    for name, value in (("--sim", sim), ("--verify-sim", verify_sim)):
-        if not -1 <= value <= 1:
-            raise DedupError(f"{name} must be a correlation in [-1, 1], got {value}")
+    """Run the whole stage on one pool. `extractor` None means hashes only (the options'
+    `network` and `embeddings` are for dedup.stage.run_dedup, which builds the extractor)."""
+    opts = options or DedupOptions()
     if extractor is not None and not model_key:
         raise DedupError("an extractor needs a model key to cache its features under")
+    radius, sim, verify_sim = opts.radius, opts.similarity, opts.verify_sim
     pool = Pool.open(pool_dir)
     evalset = load_eval_set(eval_set) if eval_set is not None else None
     table = pool.manifest()
@@ -90,13 +81,16 @@ def dedup_pool(
     shas = scope["sha256"].to_pylist()
     result = DedupResult(pool=pool, eval_loader=evalset)
     result.settings = {
-        "hash": hash_kind,
+        "hash": opts.hash,
         "radius": radius,
         "radius_inclusive": True,
+        "index": opts.index,
+        "index_used": None,
         "network": model_key if extractor is not None else None,
         "sim": sim if extractor is not None else None,
         "eval_set": str(eval_set) if eval_set is not None else None,
-        "eval_crops": eval_crops,
+        "eval_crops": opts.eval_crops,
+        "eval_variants_per_item": None,
         "features_centred_on": None,
         "candidate_radius": decontaminate.CANDIDATE_RADIUS,
         "candidate_sim": decontaminate.CANDIDATE_SIM if extractor is not None else None,
@@ -109,8 +103,8 @@ def dedup_pool(
     ok = [i for i, s in enumerate(shas) if s not in failed]
     shas = [shas[i] for i in ok]
     info = {c: scope[c].take(ok) for c in ("width", "height", "fetched_at", "bytes")}
-    codes = to_codes([hashes[s][hash_kind] for s in shas])
-    mirrors = to_codes([hashes[s][f"{hash_kind}_mirror"] for s in shas])
+    codes = to_codes([hashes[s][opts.hash] for s in shas])
+    mirrors = to_codes([hashes[s][f"{opts.hash}_mirror"] for s in shas])
     pixels = [hashes[s]["pixel_sha256"] for s in shas]
     feats = np.stack([features[s] for s in shas]) if extractor is not None and shas else None
     mean = None
@@ -126,11 +120,12 @@ def dedup_pool(
     paths = scope["path"].take(ok).to_pylist()
 
     def load_thumbs(rows):
-        return _thumbnails(pool, [paths[r] for r in rows])
+        return _thumbnails(pool, [paths[r] for r in rows], progress)
 
     overlaps: dict[int, decontaminate.Overlap] = {}
     if evalset is not None:
-        index = decontaminate.prepare(evalset, hash_kind, extractor, eval_crops, progress)
+        index = decontaminate.prepare(evalset, opts.hash, extractor, opts.eval_crops, progress)
+        result.settings["eval_variants_per_item"] = index.per_item
         if index.features is not None:
             index.features = embeddings.centred(index.features, mean) if mean is not None else None
         overlaps, result.candidates = decontaminate.find_overlaps(
@@ -143,13 +138,16 @@ def dedup_pool(
             radius,
             verify_sim=verify_sim,
             verify_sim_hash=min(verify_sim, decontaminate.VERIFY_SIM_HASH),
-            method=method,
+            method=opts.index,
+            progress=progress,
         )
 
     # Near-duplicate groups among the images that are not evaluation overlaps.
     rest = np.array([i for i in range(len(shas)) if i not in overlaps], dtype=np.int64)
+    method = binary_index.choose_method(len(rest), 2 * len(rest), radius, opts.index)
+    result.settings["index_used"] = method
     a, b, checked = _edges(
-        rest, codes, mirrors, pixels, feats, radius, sim, verify_sim, method, load_thumbs
+        rest, codes, mirrors, pixels, feats, radius, sim, verify_sim, method, load_thumbs, progress
     )
     aligned = {pair: score for pair, score in checked.items() if score >= verify_sim}
     result.embedding_edges = {"checked": len(checked), "confirmed": len(aligned)}
@@ -230,7 +228,9 @@ def _duplicate_row(member, leader, shas, codes, mirrors, pixels, feats, radius, 
     }
 
 
-def _edges(rest, codes, mirrors, pixels, feats, radius, sim, verify_sim, method, load_thumbs):
+def _edges(
+    rest, codes, mirrors, pixels, feats, radius, sim, verify_sim, method, load_thumbs, progress
+):
     """Match-graph edges (positions in `rest`): same pixels, hash within radius, and similar
     features that the alignment check confirms; plus {(row, row): alignment} of every feature
     pair checked (rows of the whole scope, smaller first).
@@ -242,7 +242,7 @@ def _edges(rest, codes, mirrors, pixels, feats, radius, sim, verify_sim, method,
     empty = np.empty(0, np.int64)
     if len(rest) == 0:
         return empty, empty, {}
-    found = binary_index.near_pairs(codes[rest], mirrors[rest], radius, method)
+    found = binary_index.near_pairs(codes[rest], mirrors[rest], radius, method, progress=progress)
     first_with: dict[str, int] = {}
     same = [(first_with.setdefault(pixels[r], k), k) for k, r in enumerate(rest.tolist())]
     same = np.array([p for p in same if p[0] != p[1]], dtype=np.int64).reshape(-1, 2)
@@ -250,14 +250,14 @@ def _edges(rest, codes, mirrors, pixels, feats, radius, sim, verify_sim, method,
     b = np.concatenate([found.db, same[:, 1]])
     if feats is None:
         return a, b, {}
-    close = embeddings.similar(feats[rest], feats[rest], sim)
+    close = embeddings.similar(feats[rest], feats[rest], sim, progress=progress)
     pairs = np.sort(np.stack([close.query, close.db], 1), axis=1)
     pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
     labels = grouping.components(len(rest), a, b)
     pairs = pairs[labels[pairs[:, 0]] != labels[pairs[:, 1]]]
     need = np.unique(pairs)
     local = np.searchsorted(need, pairs)
-    score = verify.pair_alignment(load_thumbs(rest[need]), local[:, 0], local[:, 1])
+    score = verify.pair_alignment(load_thumbs(rest[need]), local[:, 0], local[:, 1], progress)
     ok = score >= verify_sim
     checked = {
         (int(rest[i]), int(rest[j])): float(v)
@@ -291,7 +291,7 @@ def _compute(pool, scope, extractor, model_key, progress, result):
         thumb = np.asarray(resize_center_crop(img, size)) if extractor is not None else None
         return sha, hashed, thumb, None
 
-    bar = tqdm(total=len(todo), disable=not progress, desc="hash + embed")
+    bar = tqdm(total=len(todo), disable=not progress or not todo, desc="hash + embed", unit="image")
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
         for start in range(0, len(todo), BATCH):
             new_hashes, thumbs = {}, {}
@@ -323,7 +323,7 @@ def _compute(pool, scope, extractor, model_key, progress, result):
     return hashes, features, failed
 
 
-def _thumbnails(pool: Pool, paths: list[str]) -> np.ndarray:
+def _thumbnails(pool: Pool, paths: list[str], progress: bool = False) -> np.ndarray:
     """32x32 thumbnails of pool images (decoded again: only verification candidates need them)."""
 
     def load(path):
@@ -332,7 +332,9 @@ def _thumbnails(pool: Pool, paths: list[str]) -> np.ndarray:
     if not paths:
         return np.zeros((0, verify.SIZE, verify.SIZE, 3), np.uint8)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
-        return np.stack(list(ex.map(load, paths)))
+        loaded = ex.map(load, paths)
+        bar = tqdm(loaded, total=len(paths), disable=not progress, desc="thumbnails to verify")
+        return np.stack(list(bar))
 
 
 def _apply(table: pa.Table, updates: dict[str, dict]) -> pa.Table:

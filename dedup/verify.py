@@ -18,6 +18,7 @@ either image may be the crop of the other.
 from __future__ import annotations
 
 import numpy as np
+from tqdm import tqdm
 
 SIZE = 32  # thumbnails are SIZE x SIZE (pool.images.resize_center_crop)
 GRID = 12  # descriptor resolution; chosen on the tuning split of bench/dedup_quality.py
@@ -69,7 +70,12 @@ def _as_tensor(thumbs: np.ndarray, device):
 
 
 def alignment(
-    pool_thumbs: np.ndarray, eval_thumbs: np.ndarray, pool_rows: np.ndarray, eval_rows: np.ndarray
+    pool_thumbs: np.ndarray,
+    eval_thumbs: np.ndarray,
+    pool_rows: np.ndarray,
+    eval_rows: np.ndarray,
+    progress: bool = False,
+    label: str = "verify",
 ) -> np.ndarray:
     """Alignment score of each pair (pool_thumbs[pool_rows[k]], eval_thumbs[eval_rows[k]])."""
     import torch
@@ -78,7 +84,8 @@ def alignment(
     if len(pool_rows) == 0:
         return out
     device = _device()
-    with torch.inference_mode():
+    bar = tqdm(total=len(pool_rows), disable=not progress, desc=label, unit="pair")
+    with torch.inference_mode(), bar:
         whole = torch.tensor([[0, 0, SIZE, SIZE]], dtype=torch.float32, device=device)
         pool = _as_tensor(pool_thumbs, device)
         pool_desc = _descriptors(pool, whole.repeat(len(pool), 1))[:, 0]
@@ -97,10 +104,16 @@ def alignment(
                 e = desc[slot[s : s + 4096]]
                 p = pool_desc[rows[s : s + 4096]]
                 out[sel[s : s + 4096]] = torch.einsum("nwd,nd->nw", e, p).amax(1).cpu().numpy()
+                bar.update(len(e))
     return out
 
 
-def pair_alignment(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def pair_alignment(
+    thumbs: np.ndarray, a: np.ndarray, b: np.ndarray, progress: bool = False
+) -> np.ndarray:
     """Alignment of each pair of images (thumbs[a[k]], thumbs[b[k]]) of one set, in both
     directions (either may be the cropped one): the larger of the two scores."""
-    return np.maximum(alignment(thumbs, thumbs, a, b), alignment(thumbs, thumbs, b, a))
+    return np.maximum(
+        alignment(thumbs, thumbs, a, b, progress, "verify duplicates (1/2)"),
+        alignment(thumbs, thumbs, b, a, progress, "verify duplicates (2/2)"),
+    )

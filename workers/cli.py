@@ -55,6 +55,14 @@ CONNECTION_FLAGS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported on one line (the usage is one --help away).
+    Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     """--redis/--artifacts, left unset when not given so that any level may set them."""
     for flag, help_text in CONNECTION_FLAGS.items():
@@ -81,7 +89,7 @@ class _OnlyOne:
 
     def add_parser(self, name: str, **kwargs):
         if name != self.command:
-            return argparse.ArgumentParser(add_help=False)
+            return Parser(add_help=False)
         kwargs["help"] = COMMANDS[name][1]
         return self.subparsers.add_parser(name, **kwargs)
 
@@ -101,7 +109,7 @@ def _command_in(argv: list[str]) -> str | None:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser, with `command` fully built (and every other command as a name and a line)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kd3",
         description="Distil an image classifier into a small one from crawled web images.",
         epilog=EXAMPLES,

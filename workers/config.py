@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from common.errors import UserError
 from crawler.addresses import parse_networks
 from crawler.allowed_settings import check_settings
+from dedup.options import DedupOptions
 from distill.cli import DISTILL_METHODS, EPOCH_SIZES
 from workers.references import check_name
 
@@ -59,12 +60,24 @@ class CrawlSpec(_Strict):
         return check_settings(value)  # SettingError (a ValueError): one line per setting
 
 
-class DedupSpec(_Strict):
-    eval: str | None = None  # evaluation set to decontaminate against (pool, folder or npz)
-    radius: int | None = Field(None, ge=0, le=63)
-    similarity: float | None = Field(None, gt=0, le=1)
-    teacher: str | None = None  # embed with this checkpoint's features...
-    use_teacher: bool = True  # ...or else with the distill teacher, when there is one
+class DedupSpec(DedupOptions):
+    """The config's `dedup:` section and `kd3 submit dedup`: every dedup option, plus inputs."""
+
+    eval: str | None = Field(
+        None,
+        description="evaluation set to decontaminate against: a pool, image folder or .npz "
+        "(local path or artifact:KEY)",
+        json_schema_extra={"metavar": "SET"},
+    )
+    teacher: str | None = Field(
+        None,
+        description="embed with this checkpoint's features instead of the feature network",
+        json_schema_extra={"metavar": "CKPT"},
+    )
+    use_teacher: bool = Field(
+        True,
+        description="in a pipeline without --teacher, embed with the distill stage's teacher",
+    )
 
 
 Fraction = Annotated[float, Field(ge=0, le=1)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dedup.options import DedupOptions
 from workers.artifacts import PREFIX, ArtifactStore
 from workers.config import PipelineConfig
 from workers.jobs import Job, JobStore
@@ -35,12 +36,12 @@ def plan(config: PipelineConfig, artifacts: ArtifactStore) -> list[tuple[str, di
     if config.dedup is not None:
         pool_key(parse_ref(pool_ref, "pool"), "pool")  # dedup rewrites it: pools/NAME only
         d = config.dedup
-        embed_with = teacher_ref if d.use_teacher else None
+        embed_with = teacher_ref if d.use_teacher and d.embeddings else None
         if d.teacher:
             embed_with = PREFIX + artifacts.put_teacher(d.teacher)
         stages.append(("dedup", {
-            "pool": pool_ref, "eval": artifacts.upload_input(d.eval), "radius": d.radius,
-            "similarity": d.similarity, "teacher": embed_with,
+            "pool": pool_ref, "eval": artifacts.upload_input(d.eval), "teacher": embed_with,
+            "options": d.model_dump(include=set(DedupOptions.model_fields)),
         }))  # fmt: skip
     if config.distill is not None:
         d = config.distill

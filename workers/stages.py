@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from common.options import parse
 from workers.references import check_name, job_key, parse_ref, pool_key
 from workers.runtime import JobContext, JobStopped, StageResult
 
@@ -152,31 +153,22 @@ def _safe(read, default):
 
 def run_dedup(spec: dict, ctx: JobContext) -> StageResult:
     """Mark duplicates and evaluation overlaps in the pool's manifest (in the store)."""
-    from dedup import embeddings
-    from dedup.report import write_report
-    from dedup.run import DEFAULT_RADIUS, DEFAULT_SIM, dedup_pool, model_key_for_file
+    from dedup.options import DedupOptions
+    from dedup.stage import run_dedup as dedup_stage
+    from distill.features import load_feature_extractor
 
+    options = parse(DedupOptions, spec.get("options", {}), "dedup job spec", flags=False)
     pool = pool_key(parse_ref(spec["pool"], "pool"))  # dedup rewrites it: artifact:pools/NAME
     _limit_threads()
     pool_dir = ctx.artifacts.work_dir(pool)
-    if spec.get("teacher"):
-        from distill.features import load_feature_extractor
-
-        teacher = resolve(ctx, spec["teacher"])
-        extractor, key = load_feature_extractor(str(teacher)), model_key_for_file(teacher)
-    else:
-        network = spec.get("network") or embeddings.DEFAULT_NETWORK
-        extractor, key = embeddings.create_extractor(network), network
     ctx.progress({"stage": "dedup", "pool": pool}, force=True)
-    result = dedup_pool(
+    report = dedup_stage(
         pool_dir,
+        options,
         eval_set=resolve(ctx, spec["eval"]) if spec.get("eval") else None,
-        extractor=extractor,
-        model_key=key,
-        radius=spec.get("radius") if spec.get("radius") is not None else DEFAULT_RADIUS,
-        sim=spec.get("similarity") if spec.get("similarity") is not None else DEFAULT_SIM,
+        teacher=resolve(ctx, spec["teacher"]) if spec.get("teacher") else None,
+        teacher_loader=load_feature_extractor,
     )
-    report = write_report(result)
     ctx.artifacts.sync_up(pool_dir, pool)
     return StageResult(
         metrics={"counts": report["counts"], "groups": report["groups"],

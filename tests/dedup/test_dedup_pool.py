@@ -4,7 +4,6 @@ incremental re-runs, interruption, bad input."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -17,25 +16,14 @@ from dedup import run as dedup_run
 from dedup.cli import register
 from dedup.embeddings import TorchExtractor
 from dedup.errors import DedupError
+from dedup.options import DedupOptions as Opts
 from dedup.run import dedup_pool
 from pool.store import NewImage, Pool
+from tests.dedup.dedup_testkit import encode, smooth
 from workers.cli import main as kd3_main
 
 torch.set_num_threads(1)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-def smooth(seed: int, size: int = 32) -> Image.Image:
-    """A natural-looking (smooth) random image; distinct seeds give unrelated images."""
-    rng = np.random.default_rng(seed)
-    small = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
-    return small.resize((size, size), Image.Resampling.BICUBIC)
-
-
-def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 def add(pool: Pool, data: bytes, name: str, minutes: int = 0) -> str:
@@ -68,7 +56,7 @@ def test_exact_pixel_resized_and_mirrored_duplicates(pool):
     b_flip = add(pool, encode(ImageOps.mirror(smooth(2))), "bflip.png", minutes=3)
     c = add(pool, encode(smooth(3)), "c.png")
 
-    result = dedup_pool(pool.root, radius=4)
+    result = dedup_pool(pool.root, Opts(radius=4))
     rows = status(pool)
     # the largest image represents a's group although it was fetched last
     assert rows[a_big]["status"] == "kept"
@@ -87,7 +75,7 @@ def test_exact_pixel_duplicates_found_at_radius_zero_and_reason_recorded(pool):
     a = smooth(4)
     first = add(pool, encode(a), "a.png", minutes=0)
     second = add(pool, encode(a, "BMP"), "a.bmp", minutes=1)
-    dedup_pool(pool.root, radius=0)
+    dedup_pool(pool.root, Opts(radius=0))
     rows = status(pool)
     assert rows[second]["status_reason"] == "exact-pixels"
     assert rows[second]["duplicate_of"] == first
@@ -101,7 +89,9 @@ def test_embedding_near_duplicates_with_a_torch_extractor(pool):
     copy = add(pool, encode(jittered), "a2.png", minutes=1)
     other = add(pool, encode(smooth(6)), "b.png")
     # radius 0 leaves only the embedding to link the jittered copy
-    dedup_pool(pool.root, extractor=small_extractor(), model_key="pool4", radius=0, sim=0.95)
+    dedup_pool(
+        pool.root, Opts(radius=0, similarity=0.95), extractor=small_extractor(), model_key="pool4"
+    )
     rows = status(pool)
     assert rows[copy]["status"] == "duplicate" and rows[copy]["duplicate_of"] == original
     assert rows[copy]["status_reason"].startswith("embedding 0.9")  # alignment-confirmed
@@ -120,11 +110,10 @@ def test_decontamination_against_npz_and_folder(pool, tmp_path):
 
     dedup_pool(
         pool.root,
+        Opts(radius=4, similarity=0.99),
         eval_set=tmp_path / "eval.npz",
         extractor=small_extractor(),
         model_key="m",
-        radius=4,
-        sim=0.99,
     )
     rows = status(pool)
     assert rows[reencoded]["status"] == "test_overlap"
@@ -139,7 +128,7 @@ def test_decontamination_against_npz_and_folder(pool, tmp_path):
     folder = tmp_path / "evalfolder" / "cls"
     folder.mkdir(parents=True)
     (folder / "clean.png").write_bytes(encode(smooth(13)))
-    dedup_pool(pool.root, eval_set=folder.parent, radius=4)
+    dedup_pool(pool.root, Opts(radius=4), eval_set=folder.parent)
     rows = status(pool)
     assert rows[clean]["status"] == "test_overlap"
     assert rows[clean]["status_reason"] == "exact-bytes"
@@ -151,13 +140,13 @@ def test_incremental_rerun_decodes_only_new_images_and_is_idempotent(pool):
     for i in range(5):
         add(pool, encode(smooth(20 + i)), f"{i}.png")
     add(pool, encode(smooth(20).resize((48, 48))), "dup.png")
-    first = dedup_pool(pool.root, extractor=small_extractor(), model_key="m", radius=4)
+    first = dedup_pool(pool.root, extractor=small_extractor(), model_key="m")
     assert first.hashed == 6
     before = status(pool)
-    again = dedup_pool(pool.root, extractor=small_extractor(), model_key="m", radius=4)
+    again = dedup_pool(pool.root, extractor=small_extractor(), model_key="m")
     assert again.hashed == 0 and status(pool) == before
     new = add(pool, encode(ImageOps.mirror(smooth(21))), "new.png", minutes=9)
-    third = dedup_pool(pool.root, extractor=small_extractor(), model_key="m", radius=4)
+    third = dedup_pool(pool.root, extractor=small_extractor(), model_key="m")
     assert third.hashed == 1
     rows = status(pool)
     assert rows[new]["status"] == "duplicate"
@@ -203,17 +192,17 @@ def test_undecodable_file_is_marked_invalid_and_the_rest_is_processed(pool):
     assert rows[good]["status"] == "kept" and len(result.invalid) == 1
 
 
-def test_bad_options_and_eval_sets_raise_one_line_errors(pool, tmp_path):
+def test_bad_eval_sets_raise_one_line_errors(pool, tmp_path):
     add(pool, encode(smooth(60)), "a.png")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    for kwargs, needle in [
-        ({"eval_set": tmp_path / "missing"}, "not found"),
-        ({"eval_set": tmp_path / "junk.npz"}, "not a readable .npz"),
-        ({"radius": 64}, "--radius"),
-        ({"hash_kind": "ahash"}, "unknown hash"),
+    np.savez(tmp_path / "floats.npz", x=np.zeros((2, 8, 8, 3), np.float32))
+    for eval_set, needle in [
+        (tmp_path / "missing", "not found"),
+        (tmp_path / "junk.npz", "not a readable .npz"),
+        (tmp_path / "floats.npz", "'x' must be uint8"),
     ]:
         with pytest.raises(DedupError, match=needle) as info:
-            dedup_pool(pool.root, **kwargs)
+            dedup_pool(pool.root, eval_set=eval_set)
         assert "\n" not in str(info.value)
     assert status(pool)[next(iter(status(pool)))]["phash"] is None  # nothing written
 

@@ -3,8 +3,6 @@ with real torch modules and real FAISS."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -12,39 +10,18 @@ from PIL import Image, ImageOps
 
 from dedup import verify
 from dedup.embeddings import TorchExtractor, centred, normalize
+from dedup.options import DedupOptions as Opts
 from dedup.run import CENTRE_MIN_IMAGES, dedup_pool
 from pool.store import NewImage, Pool
+from tests.dedup.dedup_testkit import crop, encode, textured
 
 torch.set_num_threads(1)
-
-
-def textured(seed: int, size: int = 32) -> Image.Image:
-    """A random image with detail at several scales; distinct seeds give unrelated images."""
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
-    fine = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
-    coarse = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), np.float32)
-    fine = np.asarray(fine.resize((size, size), Image.Resampling.BICUBIC), np.float32)
-    return Image.fromarray(np.clip(0.6 * coarse + 0.4 * fine, 0, 255).astype(np.uint8))
-
-
-def crop(img: Image.Image, frac: float, fx: float, fy: float) -> Image.Image:
-    w, h = img.size
-    cw, ch = round(w * (1 - frac)), round(h * (1 - frac))
-    x, y = round((w - cw) * fx), round((h - ch) * fy)
-    return img.crop((x, y, x + cw, y + ch))
 
 
 def thumbs(images) -> np.ndarray:
     return np.stack(
         [np.asarray(i.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)) for i in images]
     )
-
-
-def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 def test_alignment_scores_crops_and_mirrors_high_and_unrelated_images_low():
@@ -78,7 +55,7 @@ def test_verification_decides_which_candidates_become_overlaps(tmp_path):
         [NewImage(encode(c), url=f"http://x/{k}") for k, c in enumerate(copies)]
         + [NewImage(encode(textured(200 + k)), url=f"http://x/u{k}") for k in range(4)]
     ).added
-    result = dedup_pool(pool.root, eval_set=tmp_path / "eval.npz", radius=4)
+    result = dedup_pool(pool.root, Opts(radius=4), eval_set=tmp_path / "eval.npz")
     rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
     assert [rows[s]["eval_match"] for s in added[:2]] == ["eval.npz#0", "eval.npz#1"]
     assert all(rows[s]["status_reason"].startswith("aligned 0.9") for s in added[:2])
@@ -87,7 +64,7 @@ def test_verification_decides_which_candidates_become_overlaps(tmp_path):
     assert len(cand.row) >= 2 and cand.alignment.max() < 1.0
 
     # the same candidates with a stricter verification threshold: nothing accepted by alignment
-    strict = dedup_pool(pool.root, eval_set=tmp_path / "eval.npz", radius=0, verify_sim=1.0)
+    strict = dedup_pool(pool.root, Opts(radius=0, verify_sim=1.0), eval_set=tmp_path / "eval.npz")
     assert np.array_equal(strict.candidates.row, cand.row)
     assert all(r["status"] == "kept" for r in pool.manifest().to_pylist())
 
@@ -125,9 +102,12 @@ def test_centring_separates_unrelated_images_that_raw_non_negative_features_conf
     copy = pool.add([NewImage(encode(images[0], "JPEG", quality=90), url="http://x/copy")]).added
     np.savez(tmp_path / "eval.npz", x=thumbs([images[1]]))
     result = dedup_pool(
-        pool.root, eval_set=tmp_path / "eval.npz", extractor=extractor, model_key="nonneg",
-        radius=0, sim=0.97,
-    )  # fmt: skip
+        pool.root,
+        Opts(radius=0, similarity=0.97),
+        eval_set=tmp_path / "eval.npz",
+        extractor=extractor,
+        model_key="nonneg",
+    )
     rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
     assert result.settings["features_centred_on"] == f"mean of {len(images) + 1} pool images"
     assert rows[copy[0]]["status"] == "duplicate" and rows[copy[0]]["duplicate_of"] == shas[0]
@@ -182,7 +162,8 @@ def test_feature_only_duplicates_need_the_alignment_check(tmp_path):
     assert cen[10] @ cen[-1] >= 0.95
 
     def run(**kw):
-        res = dedup_pool(pool.root, extractor=extractor, model_key="quad", radius=0, sim=0.95, **kw)
+        opts = Opts(radius=0, similarity=0.95, **kw)
+        res = dedup_pool(pool.root, opts, extractor=extractor, model_key="quad")
         return res, {r["sha256"]: r for r in pool.manifest().to_pylist()}
 
     _, unverified = run(verify_sim=-1.0)  # every feature pair accepted: grouping before the check
