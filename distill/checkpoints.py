@@ -14,9 +14,7 @@ metadata within bounds and loaded with finite weights.
 from __future__ import annotations
 
 import math
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.data import MAX_INPUT_SIZE, check_size
+from common.files import atomic_write
+from distill.data import check_size
 from distill.errors import CheckpointError
 from distill.models import DEFAULT_INPUT_SIZE, create_model, final_linear
+from distill.options import MAX_INPUT_SIZE
 
 FORMAT = "kd3-model"
 VERSION = 1
@@ -82,17 +82,8 @@ def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> None:
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save, atomically and durably: a crash never leaves half a checkpoint."""
+    atomic_write(path, lambda fh: torch.save(obj, fh), durable=True)
 
 
 def read_checkpoint_file(path: str | Path) -> object:

@@ -1,6 +1,8 @@
 """`kd3 distill`, `kd3 train-teacher`, `kd3 evaluate`, `kd3 export` and `kd3 models`.
 
-torch is imported inside the command functions so that `kd3 --help` stays fast.
+The training flags are generated from distill.options (common.options); the work is
+distill.stage's. torch is imported inside the command functions so that `kd3 --help` stays
+fast.
 """
 
 from __future__ import annotations
@@ -8,159 +10,226 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from common.options import add_flags, from_args
+from distill.options import (
+    DISTILL_METHODS,
+    EPOCH_SIZES,
+    METHOD_TEXT,
+    DistillOptions,
+    EvaluateOptions,
+    TeacherOptions,
+    TrainOptions,
+)
+
+# For parsers not generated from DistillOptions (argparse help: % escaped).
+METHOD_HELP = "method (default %(default)s): " + METHOD_TEXT.replace("%", "%%")
+__all__ = ["DISTILL_METHODS", "EPOCH_SIZES", "METHOD_HELP", "register"]
+
+DISTILL_EXAMPLES = """examples:
+  kd3 distill --teacher teacher.pt --pool pools/pets --eval test.npz --out runs/pets
+  kd3 distill --teacher teacher.pt --pool pools/pets --method kd --epochs 40 --out runs/kd
+  kd3 distill --teacher teacher.pt --pool pools/pets --class-map kitty=cat --out runs/pets
+  kd3 distill --teacher resnet18.pth --arch resnet18 --class-names cat,dog \\
+      --pool pools/pets --student mobilenetv2 --out runs/pets  # a bare state_dict
+  kd3 distill --teacher teacher.pt --pool pools/pets --out runs/pets --resume
+
+The pool's classes (classes.json) and the evaluation set's must be among the teacher's, by
+name; a subset or another order is mapped onto the teacher's classes (one line says so),
+anything else is refused before any work. Writes OUT/student.pt, OUT/metrics.jsonl,
+OUT/report.png and OUT/state.pt (to --resume from)."""
+
+TEACHER_EXAMPLES = """examples:
+  kd3 train-teacher --data train.npz --eval test.npz --out teachers/c10
+  kd3 train-teacher --data pools/pets --arch resnet18 --input-size 64 --epochs 60 --out t
+
+Trains one class per class name of the data (its class_names, or a pool's classes.json).
+Writes OUT/teacher.pt, OUT/metrics.jsonl, OUT/report.png and OUT/state.pt."""
+
+EVALUATE_EXAMPLES = """examples:
+  kd3 evaluate runs/pets/student.pt --eval test.npz
+  kd3 evaluate resnet18.pth --arch resnet18 --eval pools/pets-test --json"""
+
+EXPORT_EXAMPLES = """examples:
+  kd3 export runs/pets/student.pt --out export/pets
+  kd3 export runs/pets/student.pt --out export/pets --format onnx
+
+The exported graph takes float32 RGB in [0, 1] at the checkpoint's input size (normalisation
+included); OUT/model.json records the class names, input size and normalisation."""
+
+MODELS_EXAMPLES = """example:
+  kd3 models          # then: kd3 distill ... --student NAME"""
+
+
+def _parser(subparsers, name: str, description: str, epilog: str):
+    return subparsers.add_parser(
+        name,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _floats3(text: str) -> list[float]:
-    values = [float(v) for v in text.split(",")]
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
     if len(values) != 3:
         raise argparse.ArgumentTypeError("expected three comma-separated numbers (R,G,B)")
     return values
 
 
-def _add_teacher_loading(parser, flag: str) -> None:
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _add_model_loading(parser, flag: str) -> None:
+    """How to read a bare state_dict (a kd3 checkpoint carries all of this itself)."""
     group = parser.add_argument_group("bare state_dict checkpoints (kd3 checkpoints need none)")
-    group.add_argument("--arch", dest=f"{flag}_arch", help="architecture of a bare state_dict")
-    group.add_argument("--num-classes", dest=f"{flag}_num_classes", type=int)
-    group.add_argument("--mean", dest=f"{flag}_mean", type=_floats3, metavar="R,G,B")
-    group.add_argument("--std", dest=f"{flag}_std", type=_floats3, metavar="R,G,B")
-    group.add_argument("--input-size", dest=f"{flag}_input_size", type=int)
+    group.add_argument(
+        "--arch",
+        dest=f"{flag}_arch",
+        metavar="ARCH",
+        help="its architecture (kd3 models lists them) (default: none; required for a bare "
+        "state_dict)",
+    )
+    group.add_argument(
+        "--num-classes",
+        dest=f"{flag}_num_classes",
+        type=int,
+        metavar="N",
+        help="its number of classes (default: read from its classifier's weight)",
+    )
+    group.add_argument(
+        "--class-names",
+        dest=f"{flag}_class_names",
+        type=_names,
+        metavar="A,B",
+        help="its class names, in output order (default: none; then data must match it by "
+        "class count)",
+    )
+    group.add_argument(
+        "--mean",
+        dest=f"{flag}_mean",
+        type=_floats3,
+        metavar="R,G,B",
+        help="input normalisation mean, in [0, 1] (default: ImageNet's)",
+    )
+    group.add_argument(
+        "--std",
+        dest=f"{flag}_std",
+        type=_floats3,
+        metavar="R,G,B",
+        help="input normalisation std (default: ImageNet's)",
+    )
+    group.add_argument(
+        "--input-size",
+        dest=f"{flag}_input_size",
+        type=int,
+        metavar="PX",
+        help="image size it expects (default: the architecture's)",
+    )
 
 
 def _load_kwargs(args, flag: str) -> dict:
-    return {
-        "arch": getattr(args, f"{flag}_arch"),
-        "num_classes": getattr(args, f"{flag}_num_classes"),
-        "mean": getattr(args, f"{flag}_mean"),
-        "std": getattr(args, f"{flag}_std"),
-        "input_size": getattr(args, f"{flag}_input_size"),
-    }
+    names = ("arch", "num_classes", "class_names", "mean", "std", "input_size")
+    return {name: getattr(args, f"{flag}_{name}") for name in names}
 
 
-# The distillation methods (distill/methods; a test checks this list against the registry,
-# kept here so that `kd3 --help` does not import torch).
-DISTILL_METHODS = ("kd3", "kd3-paper", "kd", "dfnd", "random")
-EPOCH_SIZES = ("selection", "pool")  # distill.trainer.EPOCH_SIZES, checked by the same test
-METHOD_HELP = """method (default %(default)s):
-kd3 = KD3 with the recipe chosen on validation runs: dynamic selection and classifier sharing
-(feature alignment), deviating from the paper in: epochs as long as the pool (the selected
-images are cycled, so selection does not halve the optimizer steps); no MixDistribution /
-contrastive term (--mixing puts it back); pad-4 random crop + flip instead of
-RandomResizedCrop(0.08-1); a Hinton KD term (T=4, weight 1) on the shared head's logits; the
-robust selection rule (teacher share >= 0.5, class thresholds clamped to [0.5, 0.8], selection
-on clean views, at least 10%% of the pool kept);
-kd3-paper = the paper's released recipe (all three components, RandomResizedCrop(0.08-1),
-feature alignment only, FlexMatch thresholds, teacher share ramping to 0 at E/2, one pass
-over the selection per epoch); kd = Hinton KD on the whole pool;
-dfnd = KD + noise adaptation on the teacher's most confident half; random = KD on a random half"""
-
-
-def _add_training(
-    parser, epochs: int, lr: float, batch_size: int, schedule: str, nesterov: bool
-) -> None:
-    t = parser.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=epochs, help="default %(default)s")
-    t.add_argument("--batch-size", type=int, default=batch_size, help="default %(default)s")
-    t.add_argument("--lr", type=float, default=lr, help="peak learning rate, default %(default)s")
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="default %(default)s")
-    t.add_argument(
-        "--schedule",
-        choices=("cosine", "step", "onecycle"),
-        default=schedule,
-        help="lr schedule, default %(default)s",
+def _add_run(parser, data_help: str) -> None:
+    parser.add_argument("--eval", metavar="POOL|NPZ", help=data_help)
+    parser.add_argument("--out", required=True, metavar="DIR", help="the run's folder")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run saved in --out, with the same settings (default: off; a "
+        "folder that holds a run is refused without it)",
     )
-    t.add_argument(
-        "--nesterov",
-        action=argparse.BooleanOptionalAction,
-        default=nesterov,
-        help="SGD with Nesterov momentum (default %(default)s)",
-    )
-    t.add_argument(
-        "--augment",
-        choices=("rrc", "padcrop"),
-        help="padcrop: pad-4 random crop + flip; rrc: RandomResizedCrop + flip "
-        "(default: the method's; padcrop for all but kd3-paper)",
-    )
-    t.add_argument(
-        "--crop-scale-min", type=float, help="rrc's smallest crop area (default: the method's)"
-    )
-    t.add_argument(
-        "--bn-recalibration",
-        type=int,
-        default=0,
-        metavar="N",
-        help="re-estimate BatchNorm statistics on N training images before each evaluation "
-        "and at the end (default 0: off)",
-    )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    t.add_argument("--out", required=True, metavar="DIR")
-    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
 
 
 def register(subparsers) -> None:
-    d = subparsers.add_parser("distill", help="distil a teacher checkpoint into a student")
-    d.add_argument("--teacher", required=True, metavar="CKPT")
+    training = list(TrainOptions.model_fields)
+    d = _parser(
+        subparsers,
+        "distill",
+        "Distil a teacher checkpoint into a small student on a pool of unlabelled images.",
+        DISTILL_EXAMPLES,
+    )
+    d.add_argument("--teacher", required=True, metavar="CKPT", help="the teacher checkpoint")
     src = d.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pool", metavar="POOL", help="pool directory (its kept images)")
-    src.add_argument("--pool-npz", metavar="NPZ", help="images in an .npz ('x' or JPEG form)")
-    d.add_argument("--student", default="resnet8", metavar="ARCH")
-    d.add_argument("--method", default="kd3", choices=DISTILL_METHODS, help=METHOD_HELP)
-    d.add_argument("--eval", metavar="POOL|NPZ", help="labelled evaluation data")
-    _add_training(d, epochs=20, lr=0.05, batch_size=256, schedule="cosine", nesterov=False)
-    k = d.add_argument_group("KD3 components and settings (default: the method's recipe)")
-    k.add_argument("--no-selection", action="store_true", help="train on the whole pool")
-    k.add_argument("--no-sharing", action="store_true", help="own classifier + KD instead of WFA")
-    k.add_argument(
-        "--mixing",
-        action=argparse.BooleanOptionalAction,
-        help="MixDistribution + contrastive term (kd3: off; kd3-paper: on)",
-    )
-    k.add_argument(
-        "--selection-rule", choices=("paper", "robust"), help="kd3: robust; kd3-paper: paper"
-    )
-    k.add_argument("--tau", type=float, default=0.95, help="FlexMatch tau, default %(default)s")
-    k.add_argument("--tau-min", type=float, default=0.5, help="robust rule: threshold floor")
-    k.add_argument("--tau-max", type=float, default=0.8, help="robust rule: threshold cap")
-    k.add_argument("--gamma", type=float, default=0.001, help="contrastive weight")
-    k.add_argument("--kd-weight", type=float, help="KD term on the shared head (kd3: 1)")
-    k.add_argument("--share-floor", type=float, help="floor under the teacher share (kd3: 0.5)")
-    k.add_argument(
-        "--epoch-size",
-        choices=EPOCH_SIZES,
-        help="selection: one pass over the selected images; pool: cycle them to the pool's size",
-    )
-    k.add_argument("--subset-fraction", type=float, default=0.5, help="DFND/random subset size")
-    _add_teacher_loading(d, "teacher")
+    src.add_argument(
+        "--pool", metavar="POOL|NPZ", help="the images to distil on: a pool directory (its "
+        "kept images) or an .npz"
+    )  # fmt: skip
+    src.add_argument("--pool-npz", metavar="NPZ", help="the same as --pool, for an .npz")
+    _add_run(d, "labelled evaluation data, a pool or an .npz (default: none)")
+    method = [name for name in DistillOptions.model_fields if name not in training]
+    method.remove("class_map")
+    add_flags(d, DistillOptions, exclude=_others(DistillOptions, method), title="method and KD3")
+    add_flags(d, DistillOptions, exclude=_others(DistillOptions, training), title="training")
+    add_flags(d, DistillOptions, exclude=_others(DistillOptions, ["class_map"]), title="classes")
+    _add_model_loading(d, "teacher")
     d.set_defaults(func=cmd_distill)
 
-    t = subparsers.add_parser("train-teacher", help="train a classifier on labelled data")
-    t.add_argument("--data", required=True, metavar="POOL|NPZ", help="labelled training data")
-    t.add_argument("--arch", default="resnet20", metavar="ARCH")
-    t.add_argument("--eval", metavar="POOL|NPZ")
-    t.add_argument(
-        "--input-size", type=int, help="image size (default: an npz's own, else the arch's)"
+    t = _parser(
+        subparsers, "train-teacher", "Train a classifier on labelled images.", TEACHER_EXAMPLES
     )
-    _add_training(t, epochs=30, lr=0.2, batch_size=128, schedule="onecycle", nesterov=True)
+    t.add_argument(
+        "--data", required=True, metavar="POOL|NPZ", help="labelled training data, a pool or "
+        "an .npz"
+    )  # fmt: skip
+    _add_run(t, "labelled evaluation data; its classes must be among the data's (default: none)")
+    add_flags(t, TeacherOptions, exclude=tuple(training), title="model")  # arch, input size
+    add_flags(t, TeacherOptions, exclude=_others(TeacherOptions, training), title="training")
     t.set_defaults(func=cmd_train_teacher)
 
-    e = subparsers.add_parser("evaluate", help="accuracy of a checkpoint on labelled data")
-    e.add_argument("checkpoint", metavar="CKPT")
-    e.add_argument("--eval", required=True, metavar="POOL|NPZ")
-    e.add_argument("--device")
-    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_teacher_loading(e, "model")
+    e = _parser(
+        subparsers,
+        "evaluate",
+        "Accuracy of a checkpoint on labelled data, overall and per class.",
+        EVALUATE_EXAMPLES,
+    )
+    e.add_argument("checkpoint", metavar="CKPT", help="a kd3 checkpoint or a bare state_dict")
+    e.add_argument(
+        "--eval", required=True, metavar="POOL|NPZ", help="labelled data, a pool or an .npz"
+    )
+    e.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table (default: off)"
+    )
+    add_flags(e, EvaluateOptions)
+    _add_model_loading(e, "model")
     e.set_defaults(func=cmd_evaluate)
 
-    x = subparsers.add_parser("export", help="write TorchScript and ONNX files of a checkpoint")
-    x.add_argument("checkpoint", metavar="CKPT")
-    x.add_argument("--out", required=True, metavar="DIR")
-    x.add_argument("--format", default="torchscript,onnx", help="torchscript, onnx or both")
-    _add_teacher_loading(x, "model")
+    x = _parser(
+        subparsers,
+        "export",
+        "Write TorchScript and ONNX files of a checkpoint, normalisation included.",
+        EXPORT_EXAMPLES,
+    )
+    x.add_argument("checkpoint", metavar="CKPT", help="a kd3 checkpoint or a bare state_dict")
+    x.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
+    x.add_argument(
+        "--format",
+        default="torchscript,onnx",
+        metavar="A,B",
+        help="torchscript, onnx or both (default: %(default)s)",
+    )
+    _add_model_loading(x, "model")
     x.set_defaults(func=cmd_export)
 
-    m = subparsers.add_parser("models", help="list the architectures of the model zoo")
+    m = _parser(
+        subparsers,
+        "models",
+        "List the architectures of the model zoo and the image size each is meant for.",
+        MODELS_EXAMPLES,
+    )
     m.set_defaults(func=cmd_models)
+
+
+def _others(model, names: list[str]) -> tuple[str, ...]:
+    """`model`'s fields other than `names`."""
+    return tuple(name for name in model.model_fields if name not in names)
 
 
 def _threads() -> None:
@@ -172,74 +241,38 @@ def _threads() -> None:
         torch.set_num_threads(int(os.environ["KD3_TORCH_THREADS"]))
 
 
-def _training(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields every training command shares (see _add_training)."""
-    return {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "schedule": args.schedule,
-        "nesterov": args.nesterov,
-        "seed": args.seed,
-        "bn_recalibration": args.bn_recalibration,
-        "augment": args.augment,
-        "crop_scale": None if args.crop_scale_min is None else (args.crop_scale_min, 1.0),
-    }
-
-
 def cmd_distill(args: argparse.Namespace) -> int:
-    from distill.checkpoints import load_model
-    from distill.data import check_classes, load_images
-    from distill.trainer import TrainConfig, Trainer
+    options = from_args(DistillOptions, args, "bad option")
+    from distill.stage import run_distill
 
     _threads()
-    teacher, meta = load_model(args.teacher, **_load_kwargs(args, "teacher"))
-    progress = sys.stderr.isatty()
-    pool = load_images(args.pool or args.pool_npz, meta.input_size, progress)
-    check_classes(pool, meta.num_classes, need_labels=False)  # its labels feed the diagnostics
-    eval_set = load_images(args.eval, meta.input_size, progress) if args.eval else None
-    cfg = TrainConfig(
-        method=args.method,
-        student=args.student,
-        **_training(args),
-        selection=not args.no_selection,
-        sharing=not args.no_sharing,
-        mixing=args.mixing,
-        selection_rule=args.selection_rule,
-        tau=args.tau,
-        tau_min=args.tau_min,
-        tau_max=args.tau_max,
-        gamma=args.gamma,
-        kd_weight=args.kd_weight,
-        share_floor=args.share_floor,
-        epoch_size=args.epoch_size,
-        subset_fraction=args.subset_fraction,
+    result = run_distill(
+        options,
+        teacher=args.teacher,
+        pool=args.pool or args.pool_npz,
+        out=args.out,
+        eval_set=args.eval,
+        teacher_load=_load_kwargs(args, "teacher"),
+        resume=args.resume,
+        progress=sys.stderr.isatty(),
     )
-    trainer = Trainer(cfg, pool, args.out, teacher, meta, eval_set, device=args.device)
-    result = trainer.run(resume=args.resume)
     _print_done(result)
     return 0
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
-    from distill.data import load_images
-    from distill.models import DEFAULT_INPUT_SIZE
-    from distill.trainer import TrainConfig, Trainer
+    options = from_args(TeacherOptions, args, "bad option")
+    from distill.stage import train_teacher
 
     _threads()
-    size = args.input_size
-    if size is None and Path(args.data).is_dir():
-        size = DEFAULT_INPUT_SIZE.get(args.arch, 32)
-    data = load_images(args.data, size, sys.stderr.isatty())
-    size = data.images.shape[1]
-    eval_set = load_images(args.eval, size) if args.eval else None
-    cfg = TrainConfig(method="supervised", student=args.arch, **_training(args))
-    # One class per class name, also when the last classes have no images.
-    trainer = Trainer(
-        cfg, data, args.out, eval_set=eval_set, num_classes=data.num_classes, device=args.device
+    result = train_teacher(
+        options,
+        data=args.data,
+        out=args.out,
+        eval_set=args.eval,
+        resume=args.resume,
+        progress=sys.stderr.isatty(),
     )
-    result = trainer.run(resume=args.resume, final_name="teacher.pt")
     _print_done(result)
     return 0
 
@@ -257,23 +290,18 @@ def _print_done(result) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from distill.checkpoints import load_model
-    from distill.data import Normalizer, check_classes, load_images
-    from distill.evaluation import evaluate
-    from distill.trainer import pick_device
+    options = from_args(EvaluateOptions, args, "bad option")
+    from distill.stage import evaluate_checkpoint
 
     _threads()
-    model, meta = load_model(args.checkpoint, **_load_kwargs(args, "model"))
-    data = load_images(args.eval, meta.input_size)
-    check_classes(data, meta.num_classes, meta.class_names)
-    device = pick_device(args.device)
-    norm = Normalizer(meta.mean, meta.std, meta.input_size, device, channels_last=True)
-    model = model.to(device, memory_format=torch.channels_last)
-    with torch.no_grad():
-        acc = evaluate(model, data.to(device), norm, meta.num_classes)
-    names = meta.class_names or data.class_names or [str(i) for i in range(meta.num_classes)]
+    acc, meta = evaluate_checkpoint(
+        options,
+        checkpoint=args.checkpoint,
+        eval_set=args.eval,
+        model_load=_load_kwargs(args, "model"),
+        progress=sys.stderr.isatty(),
+    )
+    names = meta.class_names or [str(i) for i in range(meta.num_classes)]
     if args.json:
         per_class = dict(zip(names, acc.per_class, strict=True))
         print(json.dumps({"accuracy": acc.overall, "count": acc.count, "per_class": per_class}))

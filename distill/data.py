@@ -8,25 +8,23 @@ per-image Python in the training loop.
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from tqdm import tqdm
 
+from distill.contract import ClassInfo, Mapping
 from distill.errors import DistillError
+from distill.options import MAX_INPUT_SIZE
 
 # Bounds on what loading untrusted files may allocate. The byte limits are read from the
 # environment at each load (a whole number of bytes), so bigger data needs no code change.
 DATA_BYTES_ENV, DATA_BYTES_DEFAULT = "KD3_MAX_DATA_BYTES", 8 << 30  # an image set, decoded
-MAX_INPUT_SIZE = 1024  # pixels per side of the images a model is trained or evaluated on
 MAX_IMAGE_PIXELS = 4096 * 4096  # one image of an npz's JPEG form, checked before decoding
 
 
@@ -68,13 +66,23 @@ class ImageSet:
         it has neither)."""
         return len(self.class_names) if self.class_names else int(self.labels.max()) + 1
 
+    def mapped(self, mapping: Mapping, names: list[str] | None) -> ImageSet:
+        """The same images with labels in a model's classes (named `names`, when it has
+        names), per `mapping` (distill.contract)."""
+        labels = self.labels
+        if mapping.index is not None:
+            index = torch.tensor(mapping.index, dtype=torch.int64, device=labels.device)
+            labels = torch.where(labels >= 0, index[labels.clamp_min(0)], labels)
+        return ImageSet(self.images, labels, names or self.class_names, self.source)
+
 
 def check_classes(
     data: ImageSet, num_classes: int, names: list[str] | None = None, need_labels: bool = True
 ) -> None:
-    """`data` fits a `num_classes`-class model (named `names`): its labels index those classes,
-    its class names (when both have names) are the model's, and, with need_labels, it has
-    labels at all (evaluation data)."""
+    """`data` fits a `num_classes`-class model (named `names`) as it is: its labels index those
+    classes and its class names (when both have names) are the model's; with need_labels, it
+    has labels at all (evaluation data). The stages map data onto a model's classes before
+    (distill.contract); this guards direct users of the Trainer."""
     if need_labels and not data.has_labels:
         raise DistillError(f"{data.source}: evaluation data needs labels ('y')")
     if int(data.labels.max()) >= num_classes:
@@ -88,140 +96,118 @@ def check_classes(
         )
 
 
+class ImageSource:
+    """A pool directory or an .npz, opened: its class names and labels are known (for the
+    class contract, distill.contract), its images not yet decoded or resized."""
+
+    def __init__(self, path: str | Path):
+        from pool.errors import PoolError
+        from pool.npz import loaded_bytes, read_npz
+        from pool.store import Pool
+
+        self.path = Path(path)
+        self.pool = self.npz = None
+        try:
+            if self.path.is_dir():
+                self.pool = Pool.open(self.path)
+                classes = self.pool.classes()
+                self.class_names = classes.names if classes else None
+            elif not self.path.exists():
+                raise DistillError(f"{self.path}: no such pool directory or .npz file")
+            else:
+                check_size(self.path, loaded_bytes(self.path), DATA_BYTES_ENV, DATA_BYTES_DEFAULT)
+                self.npz = read_npz(self.path)
+                self.class_names = self.npz.class_names
+        except PoolError as exc:
+            raise DistillError(str(exc)) from None
+
+    def max_label(self) -> int:
+        """The largest class index of its images; -1 when none is labelled."""
+        if self.npz is not None:
+            labels = self.npz.labels
+            return -1 if labels is None else int(labels.max())
+        import pyarrow.compute as pc
+
+        top = pc.max(self.pool.manifest()["class_index"]).as_py()
+        return -1 if top is None else int(top)
+
+    def classes(self, what: str) -> ClassInfo:
+        """Its side of the class contract, called `what` in messages ("pool PATH")."""
+        names = self.class_names
+        count = len(names) if names else self.max_label() + 1
+        return ClassInfo(f"{what} {self.path}", names, count)
+
+    def load(self, size: int | None = 32, progress: bool = False) -> ImageSet:
+        """Its images as uint8 `size` x `size` (npz images are resized if needed; size None
+        keeps an npz's own size, and means 32 for a pool)."""
+        if size is not None and not 1 <= size <= MAX_INPUT_SIZE:
+            raise DistillError(f"image size {size} out of range: 1 to {MAX_INPUT_SIZE} pixels")
+        from pool.errors import PoolError
+
+        try:
+            if self.pool is not None:
+                return self._load_pool(size or 32, progress)
+            return self._load_npz(size, progress)
+        except PoolError as exc:
+            raise DistillError(str(exc)) from None
+
+    def _load_pool(self, size: int, progress: bool) -> ImageSet:
+        from pool.materialize import materialize
+
+        mat = materialize(self.pool, size, progress=progress)
+        if len(mat.sha256) == 0:
+            raise DistillError(f"{self.path}: the pool has no kept images")
+        return ImageSet(
+            images=torch.from_numpy(np.array(mat.images)),  # copy out of the memory map
+            labels=torch.from_numpy(mat.class_index.astype(np.int64)),
+            class_names=self.class_names,
+            source=str(self.path),
+        )
+
+    def _load_npz(self, size: int | None, progress: bool) -> ImageSet:
+        npz, path = self.npz, self.path
+        x = npz.pixels if npz.pixels is not None else _decode_files(npz, progress)
+        if size is None and max(x.shape[1:3]) > MAX_INPUT_SIZE:
+            raise DistillError(
+                f"{path}: images of {x.shape[1]}x{x.shape[2]} pixels are over the "
+                f"limit of {MAX_INPUT_SIZE}; give a smaller image size"
+            )
+        images = torch.from_numpy(np.ascontiguousarray(x))
+        if size is not None and images.shape[1:3] != (size, size):
+            check_size(path, len(images) * size * size * 3, DATA_BYTES_ENV, DATA_BYTES_DEFAULT)
+            images = resize_uint8(images, size)
+        y = npz.labels if npz.labels is not None else np.full(len(npz), -1, np.int64)
+        return ImageSet(images, torch.from_numpy(y), npz.class_names, str(path))
+
+
+def open_images(path: str | Path) -> ImageSource:
+    return ImageSource(path)
+
+
 def load_images(path: str | Path, size: int | None = 32, progress: bool = False) -> ImageSet:
-    """Load a pool directory (kept images) or an .npz (`x` or JPEG `jpeg`/`offsets`, optional `y`
-    and `class_names`) as uint8 images of `size` x `size` (npz images are resized if needed;
-    size None keeps an npz's own size, and means 32 for a pool)."""
-    path = Path(path)
-    if size is not None and not 1 <= size <= MAX_INPUT_SIZE:
-        raise DistillError(f"image size {size} out of range: 1 to {MAX_INPUT_SIZE} pixels")
-    if path.is_dir():
-        data = _load_pool(path, size or 32, progress)
-    elif not path.exists():
-        raise DistillError(f"{path}: no such pool directory or .npz file")
-    else:
-        data = _load_npz(path, size)
-    _check_labels(data)
-    return data
+    """Load a pool directory (kept images) or an .npz (pool.npz's forms) as uint8 images of
+    `size` x `size`; see ImageSource.load."""
+    return ImageSource(path).load(size, progress)
 
 
-def _check_labels(data: ImageSet) -> None:
-    """Labels are -1 (unknown) or index the set's class names; names are distinct."""
-    names, labels = data.class_names or None, data.labels
-    if names is not None and len(set(names)) != len(names):
-        raise DistillError(f"{data.source}: class names must be distinct, got {names}")
-    low, high = int(labels.min()), int(labels.max())
-    top = len(names) - 1 if names is not None else None
-    if low < -1 or (top is not None and high > top):
-        allowed = f"0 to {top} (one per class name)" if top is not None else "0 or more"
-        raise DistillError(
-            f"{data.source}: labels run from {low} to {high}; they must be -1 (unknown) or "
-            f"{allowed}"
-        )
-
-
-def _load_pool(path: Path, size: int, progress: bool) -> ImageSet:
-    from pool.errors import PoolError
-    from pool.materialize import materialize
-    from pool.store import Pool
-
-    try:
-        pool = Pool.open(path)
-        mat = materialize(pool, size, progress=progress)
-        classes = pool.classes()
-    except PoolError as exc:
-        raise DistillError(str(exc)) from None
-    if len(mat.sha256) == 0:
-        raise DistillError(f"{path}: the pool has no kept images")
-    return ImageSet(
-        images=torch.from_numpy(np.array(mat.images)),  # copy out of the memory map
-        labels=torch.from_numpy(mat.class_index.astype(np.int64)),
-        class_names=classes.names if classes else None,
-        source=str(path),
-    )
-
-
-def _load_npz(path: Path, size: int | None) -> ImageSet:
-    try:
-        check_size(path, _npz_bytes(path), DATA_BYTES_ENV, DATA_BYTES_DEFAULT)
-        archive = np.load(path, allow_pickle=False)
-        keys = set(archive.files)
-        if "x" in keys:
-            x = archive["x"]
-        elif {"jpeg", "offsets"} <= keys:
-            x = _decode_jpegs(path, archive["jpeg"], archive["offsets"])
-        else:
-            raise DistillError(f"{path}: no 'x' (uint8 N,H,W,3) or 'jpeg'/'offsets' arrays")
-        y = archive["y"] if "y" in keys else np.full(len(x), -1, np.int64)
-        names = archive["class_names"] if "class_names" in keys else None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DistillError(f"{path}: not a readable .npz ({type(exc).__name__})") from None
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or 0 in x.shape:
-        raise DistillError(f"{path}: 'x' must be uint8 (N,H,W,3) with N>0, got {x.dtype} {x.shape}")
-    if size is None and max(x.shape[1:3]) > MAX_INPUT_SIZE:
-        raise DistillError(
-            f"{path}: images of {x.shape[1]}x{x.shape[2]} pixels are over the "
-            f"limit of {MAX_INPUT_SIZE}; give a smaller image size"
-        )
-    if y.dtype.kind not in "iu" or y.shape != (len(x),):
-        raise DistillError(
-            f"{path}: 'y' must be {len(x)} integer labels (-1: unknown), got {y.dtype} {y.shape}"
-        )
-    if names is not None and (names.dtype.kind != "U" or names.ndim != 1):
-        raise DistillError(f"{path}: 'class_names' must be a list of strings")
-    images = torch.from_numpy(np.ascontiguousarray(x))
-    if size is not None and images.shape[1:3] != (size, size):
-        check_size(path, len(images) * size * size * 3, DATA_BYTES_ENV, DATA_BYTES_DEFAULT)
-        images = resize_uint8(images, size)
-    labels = torch.from_numpy(y.astype(np.int64))
-    return ImageSet(images, labels, None if names is None else names.tolist(), str(path))
-
-
-def _npz_bytes(path: Path) -> int:
-    """What the arrays of an npz take once loaded, from their .npy headers: numpy allocates
-    each array from its header before it reads (and inflates) the data."""
-    total = 0
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            with archive.open(info) as fh:
-                version = np.lib.format.read_magic(fh)
-                read = np.lib.format.read_array_header_1_0
-                if version != (1, 0):
-                    read = np.lib.format.read_array_header_2_0
-                shape, _, dtype = read(fh)
-            total += math.prod(shape) * dtype.itemsize
-    return total
-
-
-def _decode_jpegs(path: Path, blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The JPEG form, decoded: all images of one size, refused before decoding when one is
-    over MAX_IMAGE_PIXELS or all together would be over the data limit."""
-    from pool.errors import PoolError
-    from pool.images import split_concatenated
-
-    try:
-        files = split_concatenated(blob, offsets, str(path))
-    except PoolError as exc:
-        raise DistillError(str(exc)) from None
-    images = []
-    with warnings.catch_warnings():  # Pillow warns, then refuses, above its own pixel limits
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for i, data in enumerate(files):
-            try:
-                image = Image.open(io.BytesIO(data))
-                w, h = image.size
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-                w = h = MAX_IMAGE_PIXELS
-            if w * h > MAX_IMAGE_PIXELS:
-                raise DistillError(f"{path}: image {i} is over {MAX_IMAGE_PIXELS:,} pixels")
-            if not images:
-                first = (w, h)
-                nbytes = len(files) * w * h * 3
-                check_size(path, nbytes, DATA_BYTES_ENV, DATA_BYTES_DEFAULT)
-            elif (w, h) != first:
-                raise DistillError(f"{path}: image {i} is {w}x{h}, image 0 {first[0]}x{first[1]}")
-            images.append(np.asarray(image.convert("RGB")))
-    return np.stack(images)
+def _decode_files(npz, progress: bool) -> np.ndarray:
+    """The JPEG form, decoded as a pool's images are (EXIF orientation, transparency): all of
+    one size, refused before the rest are decoded when one is over MAX_IMAGE_PIXELS or all
+    together would be over the data limit."""
+    first = np.asarray(npz.rgb(0, max_pixels=MAX_IMAGE_PIXELS))
+    check_size(npz.path, len(npz) * first.nbytes, DATA_BYTES_ENV, DATA_BYTES_DEFAULT)
+    out = np.empty((len(npz), *first.shape), np.uint8)
+    out[0] = first
+    for i in tqdm(range(1, len(npz)), disable=not progress, desc="decode", leave=False):
+        image = npz.rgb(i, max_pixels=MAX_IMAGE_PIXELS)
+        if image.size[::-1] != first.shape[:2]:
+            w, h = image.size
+            raise DistillError(
+                f"{npz.path}: image {i} is {w}x{h}, image 0 {first.shape[1]}x{first.shape[0]}; "
+                "the images of an npz must be of one size"
+            )
+        out[i] = np.asarray(image)
+    return out
 
 
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:

@@ -9,8 +9,9 @@ Every model built by `create_model(name, num_classes)` has
     model.feature_dim         -> C
 and forward(x) == head(pool(forward_features(x))). KD3 needs exactly these three parts.
 
-The torchvision architectures are subclasses of torchvision's own classes, so their state_dict
-keys are torchvision's and a plain torchvision state_dict loads into them unchanged.
+The torchvision architectures subclass torchvision's ResNet, or hold the parts of the model
+torchvision's public builder makes (MobileNetV3, EfficientNet), so their state_dict keys are
+torchvision's and a plain torchvision state_dict loads into them unchanged.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
-from torchvision.models import efficientnet as tv_efficientnet
 from torchvision.models import mobilenetv2 as tv_mobilenetv2
-from torchvision.models import mobilenetv3 as tv_mobilenetv3
 from torchvision.models import resnet as tv_resnet
 
 from distill.errors import DistillError
@@ -45,9 +45,14 @@ def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, num_classes: int) -> nn.Module:
+def check_arch(name: str) -> str:
     if name not in _REGISTRY:
         raise DistillError(f"unknown architecture '{name}'; known: {', '.join(model_names())}")
+    return name
+
+
+def create_model(name: str, num_classes: int) -> nn.Module:
+    check_arch(name)
     if num_classes < 1:
         raise DistillError(f"num_classes must be at least 1, got {num_classes}")
     model = _REGISTRY[name](num_classes)
@@ -258,27 +263,24 @@ class TVResNet(UniformClassifier, tv_resnet.ResNet):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-class TVMobileNetV3(UniformClassifier, tv_mobilenetv3.MobileNetV3):
+class TVFeaturesClassifier(UniformClassifier):
+    """A torchvision model of the features -> avgpool -> classifier form (MobileNetV3,
+    EfficientNet), built by torchvision's public builder; its parts are registered under
+    their torchvision names, so the state_dict keys are torchvision's."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.features = model.features
+        self.avgpool = model.avgpool
+        self.classifier = model.classifier
+
     @property
     def head(self):
         return self.classifier
 
     @property
-    def feature_dim(self):
-        return self.classifier[0].in_features
-
-    def forward_features(self, x):
-        return self.features(x)
-
-
-class TVEfficientNet(UniformClassifier, tv_efficientnet.EfficientNet):
-    @property
-    def head(self):
-        return self.classifier
-
-    @property
-    def feature_dim(self):
-        return self.classifier[-1].in_features
+    def feature_dim(self) -> int:  # the input of the classifier's first Linear
+        return next(m for m in self.classifier.modules() if isinstance(m, nn.Linear)).in_features
 
     def forward_features(self, x):
         return self.features(x)
@@ -293,24 +295,11 @@ for _name, (_block, _layers) in _TV_RESNETS.items():
     register(_name, input_size=224)(lambda k, b=_block, la=_layers: TVResNet(b, la, num_classes=k))
 
 
-@register("mobilenet_v3_large", input_size=224)
-def _mnv3_large(k):
-    setting, last = tv_mobilenetv3._mobilenet_v3_conf("mobilenet_v3_large")
-    return TVMobileNetV3(setting, last, num_classes=k)
-
-
-@register("mobilenet_v3_small", input_size=224)
-def _mnv3_small(k):
-    setting, last = tv_mobilenetv3._mobilenet_v3_conf("mobilenet_v3_small")
-    return TVMobileNetV3(setting, last, num_classes=k)
-
-
-@register("efficientnet_b0", input_size=224)
-def _effnet_b0(k):
-    setting, last = tv_efficientnet._efficientnet_conf(
-        "efficientnet_b0", width_mult=1.0, depth_mult=1.0
+# torchvision's public builders, untrained (weights=None), for their ImageNet architectures.
+for _name in ("mobilenet_v3_large", "mobilenet_v3_small", "efficientnet_b0"):
+    register(_name, input_size=224)(
+        lambda k, n=_name: TVFeaturesClassifier(torchvision.models.get_model(n, num_classes=k))
     )
-    return TVEfficientNet(setting, dropout=0.2, last_channel=last, num_classes=k)
 
 
 def _init_weights(model: nn.Module) -> None:

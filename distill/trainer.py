@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 from tqdm import tqdm
 
+from common.files import atomic_write
+from common.options import describe
 from distill import diagnostics
 from distill.checkpoints import ModelMeta, atomic_save, read_checkpoint_file, save_model
 from distill.data import ImageSet, Normalizer, check_classes
@@ -40,9 +43,15 @@ from distill.evaluation import (
 )
 from distill.methods import Context, method_class
 from distill.models import create_model
+from distill.options import (  # noqa: F401  (re-exported)
+    AUGMENTS,
+    EPOCH_SIZES,
+    SCHEDULES,
+    DistillOptions,
+    TeacherOptions,
+    TrainOptions,
+)
 
-SCHEDULES = ("cosine", "step", "onecycle")
-AUGMENTS = ("rrc", "padcrop")
 # Defaults of the fields a method's recipe may set (distill/methods), where it sets none.
 RECIPE_FIELDS = {
     "augment": "padcrop",
@@ -53,78 +62,78 @@ RECIPE_FIELDS = {
     "epoch_size": "selection",
     "mixing": True,
 }
-EPOCH_SIZES = ("selection", "pool")
+# Options that are no training settings: where to train, and how data meets the model.
+NOT_CONFIG = ("device", "class_map", "arch", "input_size")
+STATE_FILE = "state.pt"  # in a run's folder: everything needed to resume it
+
+
+def _default(name: str):
+    """The default of option `name`, from the one place defaults live (distill.options)."""
+    return DistillOptions.model_fields[name].default
 
 
 @dataclass
 class TrainConfig:
-    method: str = "kd3"
-    student: str = "resnet8"
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    # cosine (per step), step (x0.1 at 150/180/210 of 240, scaled) or onecycle (linear warm-up
-    # from lr/25 over the first 30% of steps, then cosine to ~0, as torch's OneCycleLR)
-    schedule: str = "cosine"
-    nesterov: bool = False
-    seed: int = 0
-    # None: the method's recipe decides (distill/methods); RECIPE_FIELDS where it does not.
-    # augment rrc: RandomResizedCrop(crop_scale) + flip; padcrop: pad-4 random crop + flip
-    augment: str | None = None
-    crop_scale: tuple[float, float] | None = None
-    # KD3 components and constants
-    selection: bool = True
-    sharing: bool = True
-    mixing: bool | None = None  # MixDistribution + contrastive term (kd3-paper: on; kd3: off)
-    selection_rule: str | None = None  # paper (FlexMatch thresholds) or robust (methods/kd3.py)
-    tau: float = 0.95
-    tau_min: float = 0.5  # robust rule: class thresholds clamped into [tau_min, tau_max]
-    tau_max: float = 0.8
-    gamma: float = 0.001
-    mix_alpha: float = 0.1
-    nt_temperature: float = 0.3
-    kd_weight: float | None = None  # a Hinton KD term on the shared head's logits
-    share_floor: float | None = None  # a floor under the teacher's share a_e in the selection
-    # selection: an epoch is one pass over the selected images; pool: the selected images are
-    # cycled through until the epoch has as many as the pool, so that selecting fewer images
-    # does not also cut the number of optimizer steps
-    epoch_size: str | None = None
-    # Baselines
-    kd_temperature: float = 4.0
-    subset_fraction: float = 0.5  # DFND's top-N and random's subset, as a share of the pool
-    dfnd_teacher_accuracy: float | None = None  # default: teacher's mean confidence on top-N
-    # Inference batch for the selection pass and DFND's ranking (None: by device)
-    infer_batch_size: int | None = None
-    # Before each evaluation and at the end, re-estimate the student's BatchNorm statistics with
-    # its current weights on this many of the epoch's images (clean views); 0: off. Running
-    # averages lag behind weights that move fast, which shows as eval accuracy swinging.
-    bn_recalibration: int = 0
+    """One run's training settings, resolved: the method's recipe fills what the options left
+    to it (None). Saved with every checkpoint; a resumed run must have the same. Build it with
+    TrainConfig.from_options; TrainConfig(**fields) takes DistillOptions' defaults for the
+    rest. distill/options.py describes every field."""
+
+    method: str = _default("method")
+    student: str = _default("student")
+    epochs: int = _default("epochs")
+    batch_size: int = _default("batch_size")
+    lr: float = _default("lr")
+    momentum: float = _default("momentum")
+    weight_decay: float = _default("weight_decay")
+    schedule: str = _default("schedule")
+    nesterov: bool = _default("nesterov")
+    seed: int = _default("seed")
+    augment: str | None = _default("augment")
+    crop_scale: tuple[float, float] | None = _default("crop_scale")
+    selection: bool = _default("selection")
+    sharing: bool = _default("sharing")
+    mixing: bool | None = _default("mixing")
+    selection_rule: str | None = _default("selection_rule")
+    tau: float = _default("tau")
+    tau_min: float = _default("tau_min")
+    tau_max: float = _default("tau_max")
+    gamma: float = _default("gamma")
+    mix_alpha: float = _default("mix_alpha")
+    nt_temperature: float = _default("nt_temperature")
+    kd_weight: float | None = _default("kd_weight")
+    share_floor: float | None = _default("share_floor")
+    epoch_size: str | None = _default("epoch_size")
+    kd_temperature: float = _default("kd_temperature")
+    subset_fraction: float = _default("subset_fraction")
+    dfnd_teacher_accuracy: float | None = _default("dfnd_teacher_accuracy")
+    infer_batch_size: int | None = _default("infer_batch_size")
+    bn_recalibration: int = _default("bn_recalibration")
+
+    @classmethod
+    def from_options(cls, options: TrainOptions) -> TrainConfig:
+        """The config of `options`: DistillOptions, or TeacherOptions (the supervised method
+        training `arch`)."""
+        values = options.model_dump(exclude=set(NOT_CONFIG))
+        if isinstance(options, TeacherOptions):
+            values.update(method="supervised", student=options.arch)
+        return cls(**values)
 
     def __post_init__(self):
         from distill.methods import method_class
-        from distill.methods.kd3 import SELECTION_RULES
 
         recipe = method_class(self.method).recipe
         for name, default in RECIPE_FIELDS.items():
             if getattr(self, name) is None:
                 setattr(self, name, recipe.get(name, default))
-        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
-            raise DistillError("epochs must be >= 1, batch size >= 2 and lr > 0")
-        for name, value, choices in (
-            ("schedule", self.schedule, SCHEDULES),
-            ("augment", self.augment, AUGMENTS),
-            ("selection rule", self.selection_rule, SELECTION_RULES),
-            ("epoch size", self.epoch_size, EPOCH_SIZES),
-        ):
-            if value not in choices:
-                raise DistillError(f"unknown {name} '{value}'; choose from {', '.join(choices)}")
-        if not 0 < self.subset_fraction <= 1:
-            raise DistillError("subset fraction must be in (0, 1]")
-        if not 0 <= self.tau_min <= self.tau_max <= 1:
-            raise DistillError("need 0 <= tau_min <= tau_max <= 1")
         self.crop_scale = tuple(self.crop_scale)
+        # The options models' bounds, for configs built directly (tests, benchmarks).
+        model = TrainOptions if self.method == "supervised" else DistillOptions
+        values = {k: v for k, v in self.to_dict().items() if k in model.model_fields}
+        try:
+            model.model_validate(values)
+        except ValidationError as exc:
+            raise DistillError(f"training settings: {describe(exc)}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -135,6 +144,7 @@ class RunResult:
     out_dir: Path
     history: list[dict] = field(default_factory=list)
     student_path: Path | None = None
+    method_note: str = ""  # what ran, in one line (Trainer.method_note)
 
     @property
     def final(self) -> dict:
@@ -171,6 +181,7 @@ class Trainer:
         step_callback: Callable[[dict], bool | None] | None = None,
         log: Callable[[str], None] | None = None,
         eval_every: int = 1,
+        progress: bool | None = None,
     ):
         self.cfg = cfg
         self.eval_every = eval_every  # evaluate every k epochs, and always after the last
@@ -178,7 +189,7 @@ class Trainer:
         self.device = pick_device(device)
         self.step_callback = step_callback
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.progress = sys.stderr.isatty()
+        self.progress = sys.stderr.isatty() if progress is None else progress  # tqdm bars
         method_cls = method_class(cfg.method)
         channels_last = True  # faster on GPUs and, measured here, ~1.4x on CPU as well
         if not method_cls.needs_teacher:
@@ -251,7 +262,7 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------
     @property
     def state_path(self) -> Path:
-        return self.out_dir / "state.pt"
+        return self.out_dir / STATE_FILE
 
     def save_state(self) -> None:
         atomic_save(
@@ -265,9 +276,7 @@ class Trainer:
             self.state_path,
         )
         lines = "".join(json.dumps(m) + "\n" for m in self.history)
-        tmp = self.out_dir / ".metrics.jsonl.tmp"
-        tmp.write_text(lines)
-        tmp.replace(self.out_dir / "metrics.jsonl")
+        atomic_write(self.out_dir / "metrics.jsonl", lines.encode())
 
     def load_state(self) -> None:
         state = read_checkpoint_file(self.state_path)
@@ -290,13 +299,9 @@ class Trainer:
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self, resume: bool = False, final_name: str = "student.pt") -> RunResult:
+        check_out_dir(self.out_dir, resume)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.state_path.exists():
-            if not resume:
-                raise DistillError(
-                    f"{self.out_dir}: holds a run already; pass --resume to continue it "
-                    "or choose another --out"
-                )
             self.load_state()
             self.log(f"resuming after epoch {self.start_epoch} of {self.cfg.epochs}")
         if self.start_epoch < self.cfg.epochs:  # a finished run only writes its student again
@@ -307,8 +312,8 @@ class Trainer:
             self.save_state()
             self.log(format_epoch(metrics))
             self._callback({"event": "epoch", "metrics": metrics})
-        result = RunResult(self.out_dir, self.history)
-        result.student_path = self.out_dir / final_name
+        result = RunResult(self.out_dir, self.history, self.out_dir / final_name)
+        result.method_note = self.method_note()
         save_model(result.student_path, self.student, self.student_meta())
         try:
             from distill.report import write_report
@@ -467,6 +472,14 @@ class Trainer:
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss"] = float(loss.detach())
         return out
+
+
+def check_out_dir(out_dir: str | Path, resume: bool) -> None:
+    """A run's folder holds no run, unless it is to be resumed."""
+    if not resume and (Path(out_dir) / STATE_FILE).exists():
+        raise DistillError(
+            f"{out_dir}: holds a run already; pass --resume to continue it or choose another --out"
+        )
 
 
 def cycle_to(indices: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from distill import baselines, kd3
 from distill.evaluation import autocast_for, predict_logits
 from distill.methods.base import Method
+from distill.options import SELECTION_RULES  # noqa: F401  (the rules implemented here)
 
-SELECTION_RULES = ("paper", "robust")
 # The robust rule never trains on less than this share of the pool: when the thresholds pass
 # fewer images (a teacher unsure of everything), it takes the most confident ones.
 MIN_SELECTED_SHARE = 0.1

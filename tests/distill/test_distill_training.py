@@ -18,7 +18,7 @@ from pool.importer import import_into_pool
 from workers.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import write_npz  # noqa: E402
+from synthetic import make_images, write_npz  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -83,6 +83,52 @@ def test_kd3_distillation_from_a_pool_beats_chance(world, capsys, method):
     before = (out / "state.pt").read_bytes()
     assert main([*args, "--device", "cpu"]) == 2
     assert "--resume" in capsys.readouterr().err and (out / "state.pt").read_bytes() == before
+
+
+def _two_class_npz(path, names, n=64, seed=7):
+    """`n` blue and red images (the teacher's classes 2 and 0), labelled 0 and 1 as `names`."""
+    x, y = make_images(3 * n, 16, seed)
+    keep = np.flatnonzero(np.isin(y, [2, 0]))[:n]
+    np.savez(path, x=x[keep], y=np.where(y[keep] == 2, 0, 1), class_names=np.array(names))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("names", "flags", "note"),
+    [
+        (["blue", "red"], [], "are mapped by name onto the teacher's"),
+        (["azure", "crimson"], ["--class-map", "azure=blue", "--class-map", "crimson=red"],
+         "are mapped as [blue, red] onto the teacher's"),
+    ],
+    ids=["subset-by-name", "class-map"],
+)  # fmt: skip
+def test_a_pool_of_some_of_the_teachers_classes_is_mapped_onto_them(
+    world, tmp_path, capsys, names, flags, note
+):
+    pool = _two_class_npz(tmp_path / "pool.npz", names)
+    test = _two_class_npz(tmp_path / "test.npz", names, n=32, seed=8)
+    args = ["distill", "--teacher", str(world / "teacher" / "teacher.pt"), "--pool", str(pool)]
+    args += ["--eval", str(test), "--method", "kd", "--epochs", "1", "--batch-size", "32"]
+    assert main([*args, *flags, "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert f"pool {pool}: its classes {_shown(names)} {note} [red, green, blue, yellow]" in err
+    assert f"evaluation set {test}: its classes" in err
+    m = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[-1])
+    # the teacher (>0.9 accurate) agrees with the pool's labels once they are the teacher's
+    assert m["selection_precision"] > 0.8
+    per_class = m["eval_per_class"]  # red and blue evaluated, green and yellow absent
+    assert per_class[0] is not None and per_class[2] is not None
+    assert per_class[1] is None and per_class[3] is None
+    # kd3 evaluate maps the same way: the teacher is right on both classes it is shown
+    capsys.readouterr()
+    argv = ["evaluate", str(world / "teacher" / "teacher.pt"), "--eval", str(test), "--json"]
+    assert main([*argv, *flags]) == 0
+    accuracy = json.loads(capsys.readouterr().out)
+    assert accuracy["per_class"]["green"] is None and accuracy["per_class"]["red"] > 0.8
+
+
+def _shown(names):
+    return "[" + ", ".join(names) + "]"
 
 
 def _trainer(world, out, cfg, callback=None):
@@ -206,14 +252,14 @@ def test_export_torchscript_and_onnx(world, tmp_path, capsys):
     assert info["class_names"] == ["red", "green", "blue", "yellow"] and info["input_size"] == 16
 
 
-def test_cli_method_list_is_the_registry():
-    from distill.cli import DISTILL_METHODS as cli_methods
-    from distill.cli import EPOCH_SIZES as cli_epoch_sizes
-    from distill.methods import DISTILL_METHODS
-    from distill.trainer import EPOCH_SIZES
+def test_option_choices_are_what_the_trainer_implements():
+    from distill.methods import DISTILL_METHODS, METHODS
+    from distill.methods.kd3 import SELECTION_RULES
+    from distill.options import DISTILL_METHODS as option_methods
+    from distill.options import SELECTION_RULES as option_rules
 
-    assert set(cli_methods) == set(DISTILL_METHODS)
-    assert cli_epoch_sizes == EPOCH_SIZES
+    assert set(option_methods) == set(DISTILL_METHODS) and "supervised" in METHODS
+    assert option_rules == SELECTION_RULES
 
 
 def test_cycle_to_repeats_the_selection_evenly():
@@ -240,8 +286,10 @@ def test_recipe_defaults_and_explicit_settings():
     assert TrainConfig(method="kd3", augment="rrc").augment == "rrc"  # what a user sets wins
     with pytest.raises(DistillError, match="unknown method 'kd4'"):
         TrainConfig(method="kd4")
-    with pytest.raises(DistillError, match="unknown augment"):
+    with pytest.raises(DistillError, match="training settings: augment: Input should be"):
         TrainConfig(method="kd", augment="mixup")
+    with pytest.raises(DistillError, match="tau_min 0.9 is above tau_max 0.8"):
+        TrainConfig(method="kd3", tau_min=0.9)
 
 
 def test_thin_classes_are_reported():
