@@ -4,6 +4,12 @@ pages, in the same run. Each crawl runs in its own process (a Twisted reactor st
 process); the local web and Redis run in this one. Nothing leaves 127.0.0.1.
 
     nice -n 10 .venv/bin/python bench/crawl_local.py [--images 5000] [--per-page 100]
+
+With --pool-sizes 1000,10000,100000 the kd3 crawl runs once per size into a pool that already
+holds that many images, and prints the cost per crawled image for each: it should not grow with
+the pool (the crawler reads the pool once when it opens; what Pool.add costs is the pool's part).
+
+    nice -n 10 .venv/bin/python bench/crawl_local.py --no-plain --pool-sizes 1000,10000,100000
 """
 
 from __future__ import annotations
@@ -64,12 +70,15 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 
 KD3 = """
 import json, sys, time
+from crawler.options import CrawlJob
 from crawler.run import crawl
-seed, out, redis_url, network = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+seed, out, redis_url, network, extra = sys.argv[1:6]
+settings = {**json.loads(network), "KD3_SITE_DEPTH": 1, "KD3_MIN_SIDE": 8, **json.loads(extra)}
+job = CrawlJob(classes=["cat", "dog"], out=out, redis_url=redis_url or None, crawl_id="bench",
+               options={"sources": ["site"], "per_class": 0, "seeds": [seed],
+                        "allow_networks": ["127.0.0.1/32"], "settings": settings})
 start = time.perf_counter()
-result = crawl(["cat", "dog"], out, sources=["site"], per_class=0, seeds=[seed], redis_url=redis_url,
-               crawl_id="bench", allow_networks=["127.0.0.1/32"],
-               settings={**network, "KD3_SITE_DEPTH": 1, "KD3_MIN_SIDE": 8, **json.loads(sys.argv[5])})
+result = crawl(job)
 print(json.dumps({"seconds": time.perf_counter() - start, "stats": result.stats}))
 """
 
@@ -102,6 +111,27 @@ def build_web(web: LocalWeb, n_images: int, per_page: int, size: int) -> int:
     return total
 
 
+def prefill(out: Path, n: int) -> None:
+    """A pool of classes cat, dog already holding `n` small distinct images (not timed)."""
+    from pool.classes import ClassList
+    from pool.images import ImageInfo
+    from pool.store import NewImage, Pool, sha256_hex
+
+    pool = Pool.create(out, ClassList.from_names(["cat", "dog"]))
+    rng = np.random.default_rng(12345)
+    info = ImageInfo(width=8, height=8, format="PNG", frames=1)
+    for start in range(0, n, 5000):
+        batch = []
+        for i in range(start, min(start + 5000, n)):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, "PNG")
+            data = buf.getvalue()
+            batch.append(NewImage(data=data, url=f"prefill:{i}", source="prefill",
+                                  class_name=("cat", "dog")[i % 2], info=info,
+                                  sha256=sha256_hex(data)))  # fmt: skip
+        pool.add(batch)
+
+
 def run(code: str, *args: str) -> dict:
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True,
                           text=True, timeout=580)  # fmt: skip
@@ -116,7 +146,12 @@ def main() -> None:
     parser.add_argument("--per-page", type=int, default=100)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--extra", default="{}", help="extra kd3 settings as JSON (experiments)")
+    parser.add_argument("--pool-sizes", default="0", metavar="N,N",
+                        help="images already in the pool before each kd3 crawl (default: 0)")  # fmt: skip
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain Scrapy crawl")
+    parser.add_argument("--no-redis", action="store_true", help="kd3 stats in the pool only")
     args = parser.parse_args()
+    sizes = [int(n) for n in args.pool_sizes.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as redis_server, LocalWeb() as web:
         nbytes = build_web(web, args.images, args.per_page, args.size)
@@ -124,17 +159,30 @@ def main() -> None:
         print(f"local web: {args.images} JPEG images ({args.size}x{args.size}, "
               f"{nbytes / 1e6:.1f} MB) on {-(-args.images // args.per_page)} pages")  # fmt: skip
         network = json.dumps(NETWORK)
-        plain = run(PLAIN, seed, f"{tmp}/plain", json.dumps({**NETWORK, **KD3_FIXED}))
-        plain_files = sum(1 for p in Path(tmp, "plain").rglob("*.jpg"))
-        ours = run(KD3, seed, f"{tmp}/pool", redis_server.url, network, args.extra)
-        stored = int(ours["stats"].get("images_stored", 0))
-        plain_rate = plain_files / plain["seconds"]
-        our_rate = stored / ours["seconds"]
-        print(f"plain Scrapy ImagesPipeline: {plain_files} images in {plain['seconds']:.1f} s "
-              f"= {plain_rate:.0f} images/s")  # fmt: skip
-        print(f"kd3 crawler (validate, pool, Redis stats): {stored} images in "
-              f"{ours['seconds']:.1f} s = {our_rate:.0f} images/s")  # fmt: skip
-        print(f"ratio kd3 / plain: {our_rate / plain_rate:.2f} (target >= 0.8)")
+        plain_rate = None
+        if not args.no_plain:
+            plain = run(PLAIN, seed, f"{tmp}/plain", json.dumps({**NETWORK, **KD3_FIXED}))
+            plain_files = sum(1 for p in Path(tmp, "plain").rglob("*.jpg"))
+            plain_rate = plain_files / plain["seconds"]
+            print(f"plain Scrapy ImagesPipeline: {plain_files} images in "
+                  f"{plain['seconds']:.1f} s = {plain_rate:.0f} images/s")  # fmt: skip
+        redis_url = "" if args.no_redis else redis_server.url
+        rates = {}
+        for n in sizes:
+            out = Path(tmp, f"pool-{n}")
+            prefill(out, n)
+            ours = run(KD3, seed, str(out), redis_url, network, args.extra)
+            stored = int(ours["stats"].get("images_stored", 0))
+            rates[n] = stored / ours["seconds"]
+            print(f"kd3 crawler (validate, pool, {'pool' if args.no_redis else 'Redis'} stats), "
+                  f"pool of {n:,} before: {stored} images in {ours['seconds']:.1f} s = "
+                  f"{rates[n]:.0f} images/s ({1000 / rates[n]:.2f} ms per image)")  # fmt: skip
+        if plain_rate:
+            print(f"ratio kd3 / plain: {rates[sizes[0]] / plain_rate:.2f} (target >= 0.8)")
+        if len(sizes) > 1:
+            base = rates[sizes[0]]
+            print("cost per image relative to the first pool size: " + ", ".join(
+                f"{n:,}: {base / rate:.2f}x" for n, rate in rates.items()))  # fmt: skip
 
 
 if __name__ == "__main__":

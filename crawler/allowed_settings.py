@@ -5,7 +5,8 @@ accepted. Everything else is refused by name, before anything runs: Scrapy's com
 (middlewares, extensions, pipelines, spider loader, scheduler, download handlers) load code,
 telnet and the like open ports, feeds, log files and job directories write files; kd3's pool,
 Redis, crawl id and address policy come only from their own options (--out, --redis, --crawl-id,
---allow-network, ...). `check_settings` is applied by the CLI, the config and `build_settings`.
+--allow-network, ...). `check_settings` is applied by crawler.options.CrawlOptions (flags,
+config, job files) and again by `crawler.run.build_settings`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import time
 from urllib.parse import urljoin, urlsplit
 
 from scrapy.downloadermiddlewares.redirect import RedirectMiddleware
-from scrapy.downloadermiddlewares.retry import RetryMiddleware
+from scrapy.downloadermiddlewares.retry import RetryMiddleware, get_retry_request
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.response import response_status_message
@@ -19,7 +19,6 @@ from crawler.addresses import AddressPolicy, parse_address
 from crawler.failures import Refused
 from crawler.pipelines import PoolWriter
 from crawler.resolver import AddressRefused
-from crawler.stats import CrawlStats
 
 ALLOWED_SCHEMES = ("http", "https")
 
@@ -133,7 +132,13 @@ class BackoffRetryMiddleware(RetryMiddleware):
         delay = retry_after_seconds(response.headers.get("Retry-After"))
         if delay is not None and delay > self.retry_after_max:
             return response  # fails as http_<status>; the server asked for too long a wait
-        retry = self._retry(request, response_status_message(response.status))
+        retry = get_retry_request(
+            request,
+            spider=self.crawler.spider,
+            reason=response_status_message(response.status),
+            max_retry_times=request.meta.get("max_retry_times", self.max_retry_times),
+            priority_adjust=request.meta.get("priority_adjust", self.priority_adjust),
+        )
         if retry is None:
             return response
         if delay is None:
@@ -170,18 +175,18 @@ class LoopAwareRedirectMiddleware(RedirectMiddleware):
 class TrafficStatsMiddleware:
     """Counts what goes over the wire: requests sent, responses by status, bytes received."""
 
-    def __init__(self, stats: CrawlStats):
+    def __init__(self, stats):
         self.stats = stats
 
     @classmethod
     def from_crawler(cls, crawler):
-        return cls(CrawlStats.for_crawler(crawler))
+        return cls(crawler.stats)
 
     def process_request(self, request):
-        self.stats.inc("requests")
+        self.stats.inc_value("requests")
         return None
 
     def process_response(self, request, response):
-        self.stats.inc(f"responses:{response.status}")
-        self.stats.inc("bytes_received", len(response.body))
+        self.stats.inc_value(f"responses:{response.status}")
+        self.stats.inc_value("bytes_received", len(response.body))
         return response

@@ -1,8 +1,10 @@
 """Validate downloaded images and store them in the pool in batches.
 
-PoolPipeline validates each image (Pillow decode: format, size, pixel cap, truncation) and hands
-the good ones to the process's PoolWriter, which batches `Pool.add` calls (the manifest is
-rewritten per call) in a worker thread, at least every KD3_FLUSH_SECONDS and at close.
+PoolPipeline validates each image (one Pillow decode: format, size, pixel cap, truncation) and
+hands it, with what the decode found and its sha256, to the crawl's PoolWriter, which batches
+`Pool.add` calls in a worker thread, at least every KD3_FLUSH_SECONDS and at close. The writer
+reads the pool once when it opens; afterwards each batch's AddResult keeps its view current, so
+a flush costs the same on a pool of ten images or a million.
 """
 
 from __future__ import annotations
@@ -11,15 +13,14 @@ import logging
 from collections import Counter
 from datetime import UTC, datetime
 
-import pyarrow.compute as pc
 from scrapy.exceptions import DropItem
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import defer, task, threads
 
 from crawler.items import ImageItem
-from crawler.stats import CrawlStats
+from crawler.stats import reject, skip
 from pool.errors import InvalidImage, PoolError
-from pool.images import inspect_image
+from pool.images import ImageInfo, inspect_image
 from pool.store import NewImage, Pool, sha256_hex
 
 logger = logging.getLogger(__name__)
@@ -34,47 +35,56 @@ def image_limits(settings) -> dict:
 
 
 class PoolWriter:
-    """One per pool per process: buffers finds, writes them in batches, knows class counts."""
+    """Buffers a crawl's finds, writes them in batches, and knows how many each class has.
 
-    _shared: dict[str, PoolWriter] = {}
+    One per crawler (`for_crawler`), unless the code starting the crawlers hands them one to
+    share: crawler.run does, so that a class target counts the images of every source.
+    """
 
-    def __init__(self, pool: Pool, stats: CrawlStats, per_class: int, limits: dict,
+    def __init__(self, pool: Pool, per_class: int, limits: dict,
                  flush_items: int = 256, flush_seconds: float = 2.0):  # fmt: skip
-        self.pool, self.stats, self.per_class, self.limits = pool, stats, per_class, limits
+        self.pool, self.per_class, self.limits = pool, per_class, limits
         self.flush_items, self.flush_seconds = flush_items, flush_seconds
         classes = pool.classes()
         self.class_names = classes.names if classes else []
-        self.buffer: list[tuple[NewImage, ImageItem]] = []
+        # (record, item, the offering crawler's stats): each crawler counts its own images.
+        self.buffer: list[tuple[NewImage, ImageItem, object]] = []
         self.pending: set[str] = set()  # new sha256 queued or being written
         self.pending_per_class: Counter[str] = Counter()
         self.users = 0
         self._writing: defer.Deferred = defer.succeed(None)
         self._loop: task.LoopingCall | None = None
-        self._refresh(pool.manifest())
+        # The pool as it is now, read once; each batch's AddResult keeps this current.
+        table = pool.manifest().select(["sha256", "class_name", "status"]).to_pydict()
+        self.known = set(table["sha256"])
+        self.stored_per_class = Counter(
+            name
+            for name, status in zip(table["class_name"], table["status"], strict=True)
+            if status == "kept"
+        )
 
     @classmethod
-    def for_crawler(cls, crawler) -> PoolWriter:
-        settings = crawler.settings
+    def from_settings(cls, settings) -> PoolWriter:
         root = settings.get("KD3_POOL")
         if not root:
             raise ValueError("KD3_POOL must name the pool directory to store images in")
-        if root not in cls._shared:
-            cls._shared[root] = cls(
-                Pool.open(root),
-                CrawlStats.for_crawler(crawler),
-                settings.getint("KD3_PER_CLASS"),
-                image_limits(settings),
-                settings.getint("KD3_FLUSH_ITEMS"),
-                settings.getfloat("KD3_FLUSH_SECONDS"),
-            )
-        return cls._shared[root]
+        return cls(
+            Pool.open(root),
+            settings.getint("KD3_PER_CLASS"),
+            image_limits(settings),
+            settings.getint("KD3_FLUSH_ITEMS"),
+            settings.getfloat("KD3_FLUSH_SECONDS"),
+        )
+
+    @classmethod
+    def for_crawler(cls, crawler) -> PoolWriter:
+        """The crawler's writer (`crawler.kd3_pool_writer`), made on first use."""
+        writer = getattr(crawler, "kd3_pool_writer", None)
+        if writer is None:
+            writer = crawler.kd3_pool_writer = cls.from_settings(crawler.settings)
+        return writer
 
     # -- class targets ------------------------------------------------------------------------
-    def _refresh(self, table) -> None:
-        self.known = set(table.column("sha256").to_pylist())
-        kept = table.filter(pc.equal(table["status"], "kept"))
-        self.stored_per_class = Counter(kept.column("class_name").to_pylist())
-
     def count(self, class_name: str) -> int:
         return self.stored_per_class[class_name] + self.pending_per_class[class_name]
 
@@ -87,9 +97,10 @@ class PoolWriter:
         )
 
     # -- buffering ----------------------------------------------------------------------------
-    def offer(self, item: ImageItem) -> str:
-        """Queue a validated image: returns "new", "duplicate" (find recorded) or "class_full"."""
-        sha = sha256_hex(item.body)
+    def offer(self, item: ImageItem, info: ImageInfo, stats) -> str:
+        """Queue a validated image (`info`: its inspect_image result; `stats`: the offering
+        crawler's): returns "new", "duplicate" (its find is recorded) or "class_full"."""
+        sha = sha256_hex(item.body)  # the one hash of these bytes
         new = sha not in self.known and sha not in self.pending
         if new and self.full(item.class_name):
             return "class_full"
@@ -106,8 +117,10 @@ class PoolWriter:
             class_name=item.class_name,
             fetched_at=datetime.now(UTC),
             extra={k: v for k, v in extra.items() if v},
+            info=info,
+            sha256=sha,
         )
-        self.buffer.append((record, item))
+        self.buffer.append((record, item, stats))
         if len(self.buffer) >= self.flush_items:
             self.flush()
         return "new" if new else "duplicate"
@@ -121,25 +134,25 @@ class PoolWriter:
         return self._writing
 
     def _write(self, batch):
-        result = self.pool.add([record for record, _ in batch], **self.limits)
-        return result, self.pool.manifest()
+        return self.pool.add([record for record, _, _ in batch], **self.limits)
 
-    def _written(self, outcome, batch) -> None:
-        result, table = outcome
+    def _written(self, result, batch) -> None:
         added, credited = set(result.added), set()
-        for record, item in batch:
-            sha = sha256_hex(record.data)
+        for record, item, stats in batch:
+            sha = record.sha256
             if sha in added and sha not in credited:
                 credited.add(sha)
-                self.stats.inc("images_stored")
-                self.stats.inc("bytes_stored", len(record.data))
-                self.stats.inc(f"class:{item.class_name}:stored")
-                self.stats.inc(f"source:{item.source}:stored")
+                self.stored_per_class[item.class_name] += 1
+                stats.inc_value("images_stored")
+                stats.inc_value("bytes_stored", len(record.data))
+                stats.inc_value(f"class:{item.class_name}:stored")
+                stats.inc_value(f"source:{item.source}:stored")
             else:
-                self.stats.inc("duplicates")
-                self.stats.inc(f"source:{item.source}:duplicates")
+                stats.inc_value("duplicates")
+                stats.inc_value(f"source:{item.source}:duplicates")
+        # Stored now, by this batch or (already_present) by another process since the open.
+        self.known.update(added, result.already_present)
         self._settle(batch)
-        self._refresh(table)
 
     def _failed(self, failure, batch) -> None:
         # Not expected (images were validated with the same limits): disk full, pool removed...
@@ -147,15 +160,14 @@ class PoolWriter:
         expected = failure.check(PoolError, OSError)
         detail = failure.getErrorMessage() if expected else failure.getTraceback()
         logger.error("could not store %d images in %s: %s", len(batch), self.pool.root, detail)
-        for _, item in batch:
-            self.stats.reject("store_failed", item.source)
+        for _, item, stats in batch:
+            reject(stats, "store_failed", item.source)
         self._settle(batch)
 
     def _settle(self, batch) -> None:
-        for record, item in batch:
-            sha = sha256_hex(record.data)
-            if sha in self.pending:
-                self.pending.discard(sha)
+        for record, item, _ in batch:
+            if record.sha256 in self.pending:
+                self.pending.discard(record.sha256)
                 self.pending_per_class[item.class_name] -= 1
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -174,16 +186,12 @@ class PoolWriter:
 
 
 class PoolPipeline:
-    def __init__(self, writer: PoolWriter, stats: CrawlStats, limits: dict):
+    def __init__(self, writer: PoolWriter, stats, limits: dict):
         self.writer, self.stats, self.limits = writer, stats, limits
 
     @classmethod
     def from_crawler(cls, crawler):
-        return cls(
-            PoolWriter.for_crawler(crawler),
-            CrawlStats.for_crawler(crawler),
-            image_limits(crawler.settings),
-        )
+        return cls(PoolWriter.for_crawler(crawler), crawler.stats, image_limits(crawler.settings))
 
     def open_spider(self) -> None:
         self.writer.open()
@@ -195,11 +203,11 @@ class PoolPipeline:
         if not isinstance(item, ImageItem):
             return item
         try:
-            inspect_image(item.body, **self.limits)
+            info = inspect_image(item.body, **self.limits)  # the one decode of these bytes
         except InvalidImage as exc:
-            self.stats.reject(exc.reason, item.source)
+            reject(self.stats, exc.reason, item.source)
             raise DropItem(f"{exc.reason}: {item.url}") from None
-        if self.writer.offer(item) == "class_full":
-            self.stats.skip("class_target_reached")
+        if self.writer.offer(item, info, self.stats) == "class_full":
+            skip(self.stats, "class_target_reached")
             raise DropItem(f"class {item.class_name!r} reached its target: {item.url}")
         return item.summary()

@@ -1,10 +1,15 @@
-"""Every crawler default in one place. `crawler.run.crawl` and `scrapy crawl` override them.
+"""The crawler's Scrapy settings. `crawler.run.crawl` and `scrapy crawl` override them.
 
 Scrapy settings keep their Scrapy names; kd3's own settings start with KD3_. A job spec or
-`kd3 crawl -s` may override only those in crawler/allowed_settings.py.
+`kd3 crawl -s` may override only those in crawler/allowed_settings.py. What a crawl is asked to
+do (per-class target, seeds, networks, ...) has its defaults in crawler/options.py, taken here.
 """
 
 import os
+
+from crawler.options import CrawlOptions
+
+_asked = CrawlOptions()  # the defaults of a crawl's options
 
 BOT_NAME = "kd3"
 SPIDER_MODULES = ["crawler.spiders"]
@@ -12,9 +17,9 @@ NEWSPIDER_MODULE = "crawler.spiders"
 
 # -- kd3: where images go, what to collect -------------------------------------------------------
 KD3_POOL = None  # pool directory (required)
-KD3_CRAWL_ID = None  # names the Redis stats hash kd3:crawl:<id>:stats (required)
-KD3_REDIS_URL = os.environ.get("KD3_REDIS_URL")  # required: stats live in Redis
-KD3_PER_CLASS = 100  # stop asking for a class once the pool holds this many of it (0: no limit)
+KD3_CRAWL_ID = None  # names POOL/crawls/<id>/stats.json and the hash kd3:crawl:<id>:stats
+KD3_REDIS_URL = os.environ.get("KD3_REDIS_URL")  # optional: live stats (and shared crawls)
+KD3_PER_CLASS = _asked.per_class  # stop asking for a class once the pool holds this many
 KD3_QUERY_TEMPLATES = ["{}", "{} photo"]  # applied to the class name and each user keyword
 KD3_MAX_PAGES = 10  # API / results pages per query
 KD3_SOURCE_URLS = {
@@ -25,29 +30,29 @@ KD3_SOURCE_URLS = {
 }
 KD3_FLICKR_API_KEY = os.environ.get("FLICKR_API_KEY", "")
 KD3_WIKIMEDIA_THUMB_WIDTH = 640  # ask Commons for a thumbnail this wide instead of the original
-KD3_SEEDS = []  # generic site spider: page or sitemap URLs
+KD3_SEEDS = _asked.seeds  # generic site spider: page or sitemap URLs
 KD3_SITE_DEPTH = 3  # generic site spider: links followed from a seed
 
 # -- kd3: validation and storage -----------------------------------------------------------------
 KD3_MAX_PIXELS = 40_000_000  # decompression bombs are refused from the header
 KD3_MIN_SIDE = 32
 KD3_ALLOWED_FORMATS = ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"]
-KD3_FLUSH_ITEMS = 256  # pool.add batch size (the manifest is rewritten per batch) ...
+KD3_FLUSH_ITEMS = 256  # pool.add batch size ...
 KD3_FLUSH_SECONDS = 2.0  # ... or at least this often, so a watched crawl progresses
-KD3_STATS_FLUSH_SECONDS = 1.0  # Redis stats hash update period
+KD3_STATS_FLUSH_SECONDS = 1.0  # how often the stats file and hash are updated
 
 # -- kd3: safety ---------------------------------------------------------------------------------
 # Non-global addresses (private, loopback, link-local, ...) are refused unless inside one of these
 # networks, e.g. ["127.0.0.1/32"] for tests and the demo (as narrow as possible: 127.0.0.0/8 would
 # let a redirect reach 127.0.0.2). Set only with --allow-network, never as a setting.
-KD3_ALLOWED_NETWORKS = []
-KD3_STATIC_HOSTS = {}  # host name -> IPv4 address, answered before DNS (tests map names here)
+KD3_ALLOWED_NETWORKS = _asked.allow_networks
+KD3_STATIC_HOSTS = _asked.hosts  # host name -> address, answered before DNS (tests map names)
 KD3_RETRY_BACKOFF_BASE = 1.0  # seconds; doubled per retry of a 429/5xx without Retry-After
 KD3_RETRY_BACKOFF_MAX = 60.0
 KD3_RETRY_AFTER_MAX = 300.0  # a longer Retry-After gives up instead of waiting
 
 # -- kd3: scale-out (several processes sharing one crawl through Redis) ---------------------------
-KD3_SHARED = False
+KD3_SHARED = _asked.shared
 KD3_IDLE_CLOSE_SECONDS = 10.0  # a shared crawl closes once its queue stayed empty this long
 KD3_SHARED_POLL_SECONDS = 0.5  # how often an idle process looks at the shared queue
 
@@ -96,10 +101,11 @@ DOWNLOADER_MIDDLEWARES = {
     "crawler.middlewares.TrafficStatsMiddleware": 950,
 }
 ITEM_PIPELINES = {"crawler.pipelines.PoolPipeline": 300}
-EXTENSIONS = {"crawler.stats.StatsExtension": 0, "crawler.stats.SharedIdleExtension": 10}
+EXTENSIONS = {"crawler.stats.SharedIdleExtension": 10}
+STATS_CLASS = "crawler.stats.CrawlStatsCollector"  # kd3's counters also go to the pool and Redis
 
 # scrapy-redis, used only when KD3_SHARED (crawler.run switches the scheduler in).
 SCHEDULER_PERSIST = True  # the queue and dupefilter outlive one process (resume, scale-out)
 REDIS_START_URLS_AS_SET = False
-DEFAULT_DROPITEM_LOG_LEVEL = "DEBUG"  # every drop is counted in the stats hash with its reason
+DEFAULT_DROPITEM_LOG_LEVEL = "DEBUG"  # every drop is counted in the stats with its reason
 REMOTE_CONTROL_ENABLED = False  # no control port: a crawler must not listen for commands

@@ -11,7 +11,7 @@ from crawler.failures import Refused, failure_reason
 from crawler.items import ImageItem
 from crawler.keywords import queries
 from crawler.pipelines import PoolWriter
-from crawler.stats import CrawlStats
+from crawler.stats import reject, skip
 from pool.classes import ClassList
 from pool.store import Pool
 
@@ -47,7 +47,6 @@ class ImageSpider(scrapy.Spider):
         spider.base_url = spider._source_url_arg or settings.getdict("KD3_SOURCE_URLS").get(
             cls.name, ""
         )
-        spider.kd3_stats = CrawlStats.for_crawler(crawler)
         spider.writer = PoolWriter.for_crawler(crawler)
         return spider
 
@@ -70,6 +69,12 @@ class ImageSpider(scrapy.Spider):
                 for query, term in queries(info, self.templates):
                     yield info.name, query, term
 
+    def count_rejected(self, reason: str) -> None:
+        reject(self.crawler.stats, reason, self.name)
+
+    def count_skipped(self, reason: str) -> None:
+        skip(self.crawler.stats, reason)
+
     def meta(self, class_name: str, keyword: str, **extra) -> dict:
         return {"kd3": {"class_name": class_name, "keyword": keyword, **extra}}
 
@@ -80,7 +85,7 @@ class ImageSpider(scrapy.Spider):
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            self.kd3_stats.reject("api_error", self.name)
+            self.count_rejected("api_error")
             return None
         return data
 
@@ -94,7 +99,7 @@ class ImageSpider(scrapy.Spider):
         """A request for an image, or None (recorded) when its URL is not http(s)."""
         scheme = urlsplit(url).scheme.lower()
         if scheme not in ("http", "https"):
-            self.kd3_stats.reject("scheme_not_allowed", self.name)
+            self.count_rejected("scheme_not_allowed")
             self.logger.debug("refused %s link %.80s", scheme or "relative", url)
             return None
         meta = self.meta(class_name, keyword, page_url=page_url, **details)
@@ -120,8 +125,8 @@ class ImageSpider(scrapy.Spider):
         """Every failed or refused request ends here and in the stats, with its reason."""
         reason = failure_reason(failure)
         if isinstance(failure.value, Refused) and failure.value.skip:
-            self.kd3_stats.skip(reason)
+            self.count_skipped(reason)
         else:
-            self.kd3_stats.reject(reason, self.name)
+            self.count_rejected(reason)
         request = getattr(failure, "request", None)
         self.logger.debug("%s: %s", reason, request.url if request else failure.getErrorMessage())

@@ -75,7 +75,7 @@ class FlickrSpider(ImageSpider):
         key = self.settings.get("KD3_FLICKR_API_KEY")
         if not key:
             self.logger.error(NO_KEY_MESSAGE)
-            self.kd3_stats.skip("flickr_no_api_key")
+            self.count_skipped("flickr_no_api_key")
             return
         for class_name, query, term in self.class_queries():
             meta = self.meta(class_name, term, query=query, page=1)
@@ -88,7 +88,7 @@ class FlickrSpider(ImageSpider):
         except ValueError:
             data = {"stat": "fail", "message": "not JSON"}
         if data.get("stat") != "ok":
-            self.kd3_stats.reject("api_error", self.name)
+            self.count_rejected("api_error")
             self.logger.warning("Flickr API error: %s", data.get("message"))
             return
         for hit in parse_photos(data):

@@ -76,7 +76,7 @@ class SiteSpider(ImageSpider):
         if not isinstance(response, scrapy.http.TextResponse) or self.writer.all_full():
             return
         if page_opts_out(response):
-            self.kd3_stats.reject("meta_robots_noai", self.name)
+            self.count_rejected("meta_robots_noai")
             return
         for src, alt, title, caption in image_candidates(response):
             url = response.urljoin(src)  # absolute and data:/ftp:/file: URLs stay as they are
@@ -93,7 +93,7 @@ class SiteSpider(ImageSpider):
                 if self.on_site(link.url):
                     yield scrapy.Request(link.url, callback=self.parse_page, errback=self.on_error)
                 else:  # never resolved or fetched
-                    self.kd3_stats.skip("offsite_link")
+                    self.count_skipped("offsite_link")
 
     def on_site(self, url: str) -> bool:
         host = urlsplit(url).hostname or ""

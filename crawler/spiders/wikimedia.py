@@ -76,7 +76,7 @@ class WikimediaSpider(ImageSpider):
         if data is None:
             return
         if "error" in data:
-            self.kd3_stats.reject("api_error", self.name)
+            self.count_rejected("api_error")
             self.logger.warning("Commons API error: %s", data["error"].get("info", data["error"]))
             return
         for hit in parse_search(data):

@@ -6,6 +6,7 @@ Crawls run in subprocesses because a Twisted reactor cannot be restarted in one 
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import subprocess
@@ -100,3 +101,21 @@ def run_crawl(
 
 def settings_args(*extra: str) -> list[str]:
     return [arg for setting in (*FAST, *extra) for arg in ("-s", setting)]
+
+
+def settings_dict(*extra: str) -> dict:
+    """FAST and `extra` as a job file's `settings` (JSON values, else text, as `-s` reads them)."""
+    values = {}
+    for setting in (*FAST, *extra):
+        name, _, value = setting.partition("=")
+        try:
+            values[name] = json.loads(value)
+        except ValueError:
+            values[name] = value
+    return values
+
+
+def write_job(path: Path, **job) -> Path:
+    """A CrawlJob JSON file for `python -m crawler.run --job`."""
+    path.write_text(json.dumps(job))
+    return path

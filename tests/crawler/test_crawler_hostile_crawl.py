@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pytest
 
 from crawler.localweb import LocalWeb, Response
+from crawler.stats import read_pool_stats
 from pool.store import Pool
 from tests.crawler.crawler_testkit import (
     FIXTURES,
@@ -305,6 +306,10 @@ def test_crawl_finishes_cleanly(crawl):
     assert stats["status"] == "finished" and stats["finish_reason"] == "finished"
     assert stats["start_time"] <= stats["end_time"]
     assert count(stats, "processes_running") == 0
+
+
+def test_the_pool_holds_the_same_stats_as_redis(crawl):
+    assert read_pool_stats(crawl["pool"].root, CRAWL_ID) == crawl["stats"]
 
 
 def test_stats_were_readable_with_redis_cli_while_running(crawl):

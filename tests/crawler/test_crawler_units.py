@@ -1,24 +1,42 @@
 """Crawler parts that need no crawl: address policy, resolver, keywords, source parsers, retry
-and robots header parsing, failure reasons, Redis stats and the stats command."""
+and robots header parsing, failure reasons, the stats stores and the stats command, and the
+crawl command's one-line refusals."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 from scrapy.exceptions import IgnoreRequest
 from twisted.python.failure import Failure
 
+from common.options import from_args
 from crawler.addresses import AddressPolicy
+from crawler.cli import register
 from crawler.failures import Refused, failure_reason
 from crawler.keywords import KeywordMatcher, queries
 from crawler.middlewares import retry_after_seconds, robots_opt_out
+from crawler.options import CrawlOptions
 from crawler.resolver import AddressRefused, PolicyResolver
 from crawler.spiders import bing, flickr, openverse, wikimedia
-from crawler.stats import CrawlStats, format_stats, read_stats
-from pool.classes import ClassInfo
+from crawler.stats import (
+    PoolStatsFile,
+    RedisStatsHash,
+    Update,
+    format_stats,
+    read_pool_stats,
+    read_stats,
+    stats_path,
+)
+from pool.classes import ClassInfo, ClassList
+from pool.store import Pool
 from tests.crawler.crawler_testkit import FIXTURES, REPO
+from workers.cli import build_parser
+from workers.cli import main as kd3_main
 
 
 @pytest.mark.parametrize(
@@ -129,21 +147,32 @@ def test_failure_reasons():
     assert failure_reason(Failure(KeyError("x"))) == "error_keyerror"
 
 
-def test_stats_are_added_to_redis_and_survive_an_outage(redis_server):
-    stats = CrawlStats(redis_server.url, "unit")
-    stats.inc("requests", 3)
-    stats.reject("http_404", "site")
-    stats.set("status", "running")
-    stats.flush()
-    client = redis_server.client()
-    assert read_stats(client, "unit") == {
-        "requests": "3", "rejected:http_404": "1", "source:site:rejected": "1", "status": "running"}  # fmt: skip
+def test_stats_stores_add_up_and_redis_survives_an_outage(redis_server, tmp_path):
+    """Both stores apply the same increments; two writers (spiders, processes) add up."""
+    hash_ = RedisStatsHash(redis_server.url, "unit")
+    file = PoolStatsFile(stats_path(tmp_path, "unit"))
+    opening = Update(Counter(processes_running=1), {"status": "running"}, {"start_time": "t0"})
+    for store in (hash_, file):
+        assert store.flush(opening) and store.flush(opening)  # two spiders open
+        assert store.flush(Update(Counter({"requests": 3, "rejected:http_404": 1})))
+        store.flush(Update(Counter(processes_running=-1), {"finish_reason": "finished"},
+                           {"start_time": "t1"}, settle=True))  # fmt: skip
+    expected = {"requests": "3", "rejected:http_404": "1", "status": "running",
+                "processes_running": "1", "start_time": "t0", "finish_reason": "finished"}  # fmt: skip
+    assert read_stats(redis_server.client(), "unit") == expected
+    assert read_pool_stats(tmp_path, "unit") == expected
+    for store in (hash_, file):  # the last spider closes: finished
+        store.flush(Update(Counter(processes_running=-1), settle=True))
+    assert read_stats(redis_server.client(), "unit")["status"] == "finished"
+    assert read_pool_stats(tmp_path, "unit")["status"] == "finished"
+
     redis_server.stop()
-    stats.inc("requests", 2)
-    stats.flush()  # Redis is down: nothing raised, counts kept
+    assert not hash_.flush(Update(Counter(requests=2)))  # Redis is down: nothing raised...
+    assert not hash_.flush(Update(Counter(requests=1)))
+    assert hash_.pending.counts["requests"] == 3  # ...and the counts kept
     redis_server.start()
-    stats.flush()
-    assert read_stats(redis_server.client(), "unit")["requests"] == "2"  # no AOF: restarted empty
+    assert hash_.flush(Update())
+    assert read_stats(redis_server.client(), "unit") == {"requests": "3"}  # no AOF: restarted empty
     table = format_stats("unit", {"requests": "5", "status": "running", "responses:200": "4"})
     assert table.splitlines()[2].split() == ["status", "running"]
 
@@ -153,34 +182,98 @@ def kd3(*args, env=None):
                           capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
 
 
-def test_kd3_stats_prints_the_hash_as_a_table(redis_server):
+def test_kd3_stats_prints_the_table_from_redis_or_the_pool(redis_server, tmp_path, capsys):
     redis_server.client().hset("kd3:crawl:abc:stats", mapping={"requests": 12, "rejected:x": 1})
-    done = kd3("stats", "abc", "--redis", redis_server.url)
-    assert done.returncode == 0, done.stderr
-    rows = [line.split() for line in done.stdout.splitlines()[2:]]
+    assert kd3_main(["stats", "abc", "--redis", redis_server.url]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows == [["requests", "12"], ["rejected:x", "1"]]
-    missing = kd3("stats", "nope", "--redis", redis_server.url)
-    assert missing.returncode == 1 and "no stats for crawl nope" in missing.stdout
+    PoolStatsFile(stats_path(tmp_path, "abc")).flush(Update(Counter(images_stored=4)))
+    assert kd3_main(["stats", "abc", "--pool", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split() == ["images_stored", "4"]
+    assert kd3_main(["stats", "nope", "--redis", redis_server.url]) == 1  # documented: 1
+    assert "no stats for crawl nope in Redis at" in capsys.readouterr().out
 
 
-def test_kd3_crawl_user_errors_are_one_line(redis_server, tmp_path):
-    bad_source = kd3("crawl", "--classes", "cat", "--out", str(tmp_path / "p"),
-                     "--sources", "altavista", "--redis", redis_server.url)  # fmt: skip
-    assert bad_source.returncode == 2
-    assert bad_source.stderr.strip().count("\n") == 0 and "unknown sources" in bad_source.stderr
-    no_redis = kd3("crawl", "--classes", "cat", "--out", str(tmp_path / "p"),
-                   "--redis", "redis://127.0.0.1:1/0")  # fmt: skip
-    assert no_redis.returncode == 2 and "cannot reach Redis" in no_redis.stderr
-    assert not (tmp_path / "p").exists()
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (
+            ["--redis", "URL"],
+            "kd3 stats: error: cannot read stats from Redis at redis://127.0.0.1:",
+        ),
+        (["--pool", "/nonexistent/pool"], "kd3 stats: error: /nonexistent/pool: no such pool"),
+    ],
+)
+def test_kd3_stats_refusals_are_one_line(where, message, free_port_url, capsys):
+    where = [free_port_url if w == "URL" else w for w in where]
+    assert kd3_main(["stats", "abc", *where]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1, err
 
 
-def test_flickr_without_a_key_is_skipped_with_a_message(redis_server, tmp_path):
-    env = {k: v for k, v in __import__("os").environ.items() if k != "FLICKR_API_KEY"}
+CRAWL = ["crawl", "--classes", "cat", "--sources", "site", "--seed", "http://127.0.0.1:9/"]
+REFUSALS = [
+    (["--sources", "altavista"], "bad option: --sources: unknown sources ['altavista']"),
+    (["--seed", "ftp://example.org/x"], "bad option: --seed: 'ftp://example.org/x' is not an"),
+    (["--source-url", "bing=example.org"], "bad option: --source-url: bing: 'example.org' is not"),
+    (["--host", "a.test=nowhere"], "bad option: --host: a.test=nowhere: 'nowhere' is not an IP"),
+    (["--per-class", "many"], "bad option: --per-class: Input should be a valid integer"),
+    (["--shared"], "bad option: --redis: a shared crawl (--shared) needs Redis"),
+    (["--redis", "URL"], "cannot reach Redis at redis://127.0.0.1:"),
+    (["--keywords", "dog=puppy"], "--keywords for classes not in --classes: dog"),
+    (["--crawl-id", "../up"], "bad option: --crawl-id: '../up': a crawl id is letters"),
+    (["--classes", "cat,cat"], "bad option: --classes: class names given twice: cat"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flags", "message"), REFUSALS)
+def test_kd3_crawl_refusals_are_one_line_before_anything_runs(
+    flags, message, free_port_url, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv("KD3_REDIS_URL", raising=False)
+    flags = [free_port_url if f == "URL" else f for f in flags]
+    out = tmp_path / "pool"
+    assert kd3_main([*CRAWL, "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kd3 crawl: error: {message}"), err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_kd3_crawl_refuses_a_pool_of_other_classes(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("KD3_REDIS_URL", raising=False)
+    Pool.create(tmp_path / "pool", ClassList.from_names(["dog", "bird"]))
+    assert kd3_main([*CRAWL, "--out", str(tmp_path / "pool")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kd3 crawl: error: ") and "pool has classes ['dog', 'bird']" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_generated_flags_default_to_the_options_model():
+    parser = build_parser("crawl")
+    args = parser.parse_args(["crawl", "--classes", "cat", "--out", "p"])
+    assert from_args(CrawlOptions, args, "test") == CrawlOptions()
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    register(subparsers)
+    actions = subparsers.choices["crawl"]._actions
+    helps = {flag: action.help for action in actions for flag in action.option_strings}
+    assert "(default: wikimedia,openverse)" in helps["--sources"]
+    assert f"(default: {CrawlOptions().per_class})" in helps["--per-class"]
+    assert helps["-s"] == helps["--set"] and "(default: off)" in helps["--shared"]
+    assert all(
+        "(default: " in h or "(required)" in h
+        for f, h in helps.items()
+        if f not in ("-h", "--help")
+    )
+
+
+def test_flickr_without_a_key_is_skipped_with_a_message(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("FLICKR_API_KEY", "KD3_REDIS_URL")}
     done = kd3("crawl", "--classes", "cat", "--out", str(tmp_path / "p"), "--sources", "flickr",
-               "--redis", redis_server.url, "--crawl-id", "nokey", env=env)  # fmt: skip
+               "--crawl-id", "nokey", env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "flickr: skipped, no API key (set FLICKR_API_KEY)" in done.stderr
-    assert read_stats(redis_server.client(), "nokey") == {"skipped:flickr_no_api_key": "1"}
+    stats = read_pool_stats(tmp_path / "p", "nokey")
+    assert stats["skipped:flickr_no_api_key"] == "1" and stats["status"] == "finished"
 
 
 def test_scrapy_list_works_in_the_project_folder():
