@@ -13,16 +13,15 @@ from an existing pool; leave out `dedup` or `distill` to stop earlier.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.errors import UserError
-from crawler.addresses import parse_networks
-from crawler.allowed_settings import check_settings
+from common.options import describe
+from crawler.options import ClassSpec, CrawlOptions
 from dedup.options import DedupOptions
-from distill.cli import DISTILL_METHODS, EPOCH_SIZES
+from distill.options import DistillOptions
 from workers.references import check_name
 
 
@@ -34,30 +33,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ClassSpec(_Strict):
-    name: str = Field(min_length=1)
-    keywords: list[str] = []
-
-
-class CrawlSpec(_Strict):
-    sources: list[str] = ["wikimedia", "openverse"]
-    per_class: int = Field(100, ge=0)
-    seeds: list[str] = []
-    source_urls: dict[str, str] = {}
-    allow_networks: list[str] = []  # as narrow as possible, e.g. 127.0.0.1/32 for a local demo
-    hosts: dict[str, str] = {}
-    settings: dict[str, Any] = {}  # only crawl settings that crawler/allowed_settings.py allows
-
-    @field_validator("allow_networks")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        parse_networks(value)  # a ValueError names the bad network
-        return value
-
-    @field_validator("settings")
-    @classmethod
-    def _allowed_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_settings(value)  # SettingError (a ValueError): one line per setting
+CrawlSpec = CrawlOptions  # the config's `crawl:` section is exactly the crawl's options
 
 
 class DedupSpec(DedupOptions):
@@ -80,56 +56,38 @@ class DedupSpec(DedupOptions):
     )
 
 
-Fraction = Annotated[float, Field(ge=0, le=1)]
+class DistillSpec(DistillOptions):
+    """The config's `distill:` section and `kd3 submit distill`: every distill option (the same
+    keys as kd3 distill's flags), plus the teacher and evaluation inputs."""
 
+    teacher: str = Field(
+        description="teacher checkpoint: a kd3 checkpoint or a bare state_dict (local path, "
+        "uploaded to the store, or artifact:KEY)",
+        json_schema_extra={"metavar": "CKPT"},
+    )
+    teacher_arch: str | None = Field(
+        None,
+        description="the teacher's architecture, for a bare state_dict (kd3 models lists them)",
+        json_schema_extra={"metavar": "ARCH"},
+    )
+    eval: str | None = Field(
+        None,
+        description="labelled evaluation pool or .npz (local path or artifact:KEY)",
+        json_schema_extra={"metavar": "SET"},
+    )
 
-class DistillOptions(_Strict):
-    """The TrainConfig fields a job may set beyond DistillSpec's own, typed and bounded (None:
-    the method's recipe decides); anything else is refused."""
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten_options(cls, value):
+        """Configs written before the section was flat kept training settings under
+        `options:`; they are the same keys, so they are merged in."""
+        if isinstance(value, dict) and isinstance(value.get("options"), dict):
+            value = {**{k: v for k, v in value.items() if k != "options"}, **value["options"]}
+        return value
 
-    schedule: Literal["cosine", "step", "onecycle"] | None = None
-    nesterov: bool | None = None
-    momentum: Fraction | None = None
-    weight_decay: float | None = Field(None, ge=0, le=0.1)
-    augment: Literal["rrc", "padcrop"] | None = None
-    crop_scale: tuple[Fraction, Fraction] | None = None
-    selection: bool | None = None
-    sharing: bool | None = None
-    mixing: bool | None = None
-    selection_rule: Literal["paper", "robust"] | None = None
-    epoch_size: Literal[EPOCH_SIZES] | None = None
-    tau: Fraction | None = None
-    tau_min: Fraction | None = None
-    tau_max: Fraction | None = None
-    share_floor: Fraction | None = None
-    gamma: float | None = Field(None, ge=0, le=100)
-    mix_alpha: float | None = Field(None, ge=0, le=10)
-    nt_temperature: float | None = Field(None, gt=0, le=100)
-    kd_weight: float | None = Field(None, ge=0, le=100)
-    kd_temperature: float | None = Field(None, gt=0, le=100)
-    subset_fraction: float | None = Field(None, gt=0, le=1)
-    dfnd_teacher_accuracy: float | None = Field(None, gt=0, le=1)
-    infer_batch_size: int | None = Field(None, ge=1, le=4096)
-    bn_recalibration: int | None = Field(None, ge=0, le=1_000_000)
-
-
-class DistillSpec(_Strict):
-    teacher: str
-    teacher_arch: str | None = None
-    student: str = "resnet8"
-    method: Literal[DISTILL_METHODS] = "kd3"
-    epochs: int = Field(20, ge=1, le=10_000)
-    batch_size: int = Field(256, ge=2, le=65_536)
-    lr: float = Field(0.05, gt=0, le=10)
-    seed: int = Field(0, ge=0, lt=2**31)
-    eval: str | None = None
-    options: DistillOptions = DistillOptions()
-    device: str | None = Field(None, pattern=r"^(cpu|mps|cuda(:[0-9]{1,2})?)$")
-
-    def train(self) -> dict:
-        return {"method": self.method, "student": self.student, "epochs": self.epochs,
-                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
-                **self.options.model_dump(exclude_none=True)}  # fmt: skip
+    def train_options(self) -> dict:
+        """The DistillOptions part, as the job spec carries it."""
+        return self.model_dump(mode="json", include=set(DistillOptions.model_fields))
 
 
 class PipelineConfig(_Strict):
@@ -144,13 +102,6 @@ class PipelineConfig(_Strict):
     @classmethod
     def _name_is_one_segment(cls, value: str) -> str:
         return check_name(value, "name")  # it names folders and keys: no '.', '..', bounded
-
-    @field_validator("classes", mode="before")
-    @classmethod
-    def _names_as_classes(cls, value):
-        if isinstance(value, list):
-            return [{"name": v} if isinstance(v, str) else v for v in value]
-        return value
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -209,35 +160,22 @@ def validate_config(raw: dict, where: str) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"{where}: {problems}") from None
+        raise ConfigError(f"{where}: {describe(exc)}") from None
 
 
 def check_stages(config: PipelineConfig, where: str) -> PipelineConfig:
-    """Check settings only the stages know (architectures, sources, training options) before
-    anything is queued, so a typo fails now rather than hours later on a worker."""
-    from crawler.run import SOURCES
-    from distill.errors import DistillError
-    from distill.models import model_names
+    """Check what only the stages know (the model zoo, the methods' recipes) before anything
+    is queued, so a typo fails now rather than hours later on a worker."""
+    from distill.models import check_arch
     from distill.trainer import TrainConfig
 
-    if config.crawl is not None:
-        unknown = sorted(set(config.crawl.sources) - set(SOURCES))
-        if unknown or not config.crawl.sources:
-            raise ConfigError(
-                f"{where}: crawl.sources: unknown {unknown}; choose from {', '.join(SOURCES)}"
-            )
     if config.distill is not None:
-        if config.distill.student not in model_names():
-            raise ConfigError(f"{where}: distill.student: unknown architecture "
-                              f"'{config.distill.student}' (kd3 models lists them)")  # fmt: skip
         try:
-            TrainConfig(**config.distill.train())
-        except TypeError as exc:
-            raise ConfigError(f"{where}: distill.options: {exc}") from None
-        except DistillError as exc:
+            check_arch(config.distill.student)
+        except UserError as exc:
+            raise ConfigError(f"{where}: distill.student: {exc}") from None
+        try:
+            TrainConfig.from_options(DistillOptions(**config.distill.train_options()))
+        except UserError as exc:
             raise ConfigError(f"{where}: distill: {exc}") from None
     return config

@@ -22,10 +22,8 @@ def plan(config: PipelineConfig, artifacts: ArtifactStore) -> list[tuple[str, di
     if config.crawl is not None:
         pool = pool_key(f"pools/{check_name(config.name, 'name')}")
         stages.append(("crawl", {
-            "classes": [c.name for c in config.classes],
-            "keywords": {c.name: c.keywords for c in config.classes if c.keywords},
-            "pool_key": pool,
-            **config.crawl.model_dump(),
+            "classes": [c.model_dump() for c in config.classes], "pool_key": pool,
+            "options": config.crawl.model_dump(mode="json"),
         }))  # fmt: skip
         pool_ref = PREFIX + pool
     else:
@@ -47,7 +45,7 @@ def plan(config: PipelineConfig, artifacts: ArtifactStore) -> list[tuple[str, di
         d = config.distill
         stages.append(("distill", {
             "teacher": teacher_ref, "teacher_arch": d.teacher_arch, "pool": pool_ref,
-            "eval": artifacts.upload_input(d.eval), "train": d.train(), "device": d.device,
+            "eval": artifacts.upload_input(d.eval), "options": d.train_options(),
         }))  # fmt: skip
     return stages
 

@@ -12,12 +12,16 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from common.files import atomic_write
 from common.options import parse
+from crawler.errors import CrawlError
 from workers.references import check_name, job_key, parse_ref, pool_key
 from workers.runtime import JobContext, JobStopped, StageResult
+from workers.settings import redis_client
 
 
 def resolve(ctx: JobContext, ref: str) -> Path:
@@ -34,26 +38,32 @@ def _limit_threads() -> None:
     )
 
 
-def run_distill(spec: dict, ctx: JobContext) -> StageResult:
-    from distill.checkpoints import load_model
-    from distill.data import load_images
-    from distill.errors import TrainingCancelled
-    from distill.trainer import TrainConfig, Trainer
+def spec_options(kind: str, spec: dict):
+    """The options a job of `kind` runs with: its spec's `options`, checked by the stage's
+    options model (the one `kd3 <stage>`, `kd3 submit` and the YAML config use)."""
+    from crawler.options import CrawlOptions
+    from dedup.options import DedupOptions
+    from distill.options import DistillOptions
 
+    model = {"crawl": CrawlOptions, "dedup": DedupOptions, "distill": DistillOptions}[kind]
+    return parse(model, spec.get("options", {}), f"{kind} job spec", flags=False)
+
+
+def run_distill(spec: dict, ctx: JobContext) -> StageResult:
+    from distill.errors import TrainingCancelled
+    from distill.stage import run_distill as distill_stage
+    from distill.stage import saved_run
+
+    options = spec_options("distill", spec)
     out_key = job_key(ctx.job_id)
     _limit_threads()
-    teacher, meta = load_model(resolve(ctx, spec["teacher"]), arch=spec.get("teacher_arch"))
-    pool = load_images(resolve(ctx, spec["pool"]), meta.input_size)
-    eval_set = (
-        load_images(resolve(ctx, spec["eval"]), meta.input_size) if spec.get("eval") else None
-    )
     out = ctx.artifacts.work_dir(out_key)
 
     def on_event(event: dict) -> bool:
         if event["event"] == "epoch":
             m = event["metrics"]
             ctx.progress(
-                {"stage": "distill", "epoch": m["epoch"], "epochs": spec["train"].get("epochs"),
+                {"stage": "distill", "epoch": m["epoch"], "epochs": options.epochs,
                  "step": m["steps"], "steps": m["steps"],  # the epoch is complete
                  "eval_accuracy": m.get("eval_accuracy"), "loss": m["losses"].get("loss")},
                 force=True,
@@ -63,12 +73,18 @@ def run_distill(spec: dict, ctx: JobContext) -> StageResult:
             ctx.progress({"stage": "distill", **{k: v for k, v in event.items() if k != "event"}})
         return ctx.should_stop()
 
-    trainer = Trainer(
-        TrainConfig(**spec["train"]), pool, out, teacher, meta, eval_set,
-        device=spec.get("device"), step_callback=on_event,
-    )  # fmt: skip
     try:
-        result = trainer.run(resume=trainer.state_path.exists())
+        result = distill_stage(
+            options,
+            teacher=resolve(ctx, spec["teacher"]),
+            pool=resolve(ctx, spec["pool"]),
+            eval_set=resolve(ctx, spec["eval"]) if spec.get("eval") else None,
+            out=out,
+            teacher_load={"arch": spec["teacher_arch"]} if spec.get("teacher_arch") else None,
+            resume=saved_run(out),  # a requeued job continues from its last epoch
+            on_event=on_event,
+            log=lambda message: ctx.progress({"stage": "distill", "note": message}, force=True),
+        )
     except TrainingCancelled as exc:
         raise JobStopped(str(exc)) from None
     ctx.artifacts.sync_up(out, out_key)
@@ -78,37 +94,59 @@ def run_distill(spec: dict, ctx: JobContext) -> StageResult:
         if (out / name).exists()
     }
     return StageResult(
-        metrics={**result.final, "method_note": trainer.method_note()}, artifacts=artifacts
+        metrics={**result.final, "method_note": result.method_note}, artifacts=artifacts
     )
 
 
 def run_crawl(spec: dict, ctx: JobContext) -> StageResult:
-    """Crawl in a child process (a Twisted reactor runs once per process). The crawl id is the
-    job id, so a redelivered job resumes the same crawl from Scrapy's job directory."""
-    import redis
-
+    """Crawl in a child process (a Twisted reactor runs once per process) that runs the same
+    CrawlJob as `kd3 crawl`. The crawl id is the job id, so a redelivered job resumes the same
+    crawl from its Scrapy job directory."""
+    from crawler.options import CrawlJob
     from crawler.stats import read_stats
 
-    crawl_id = check_name(spec.get("crawl_id") or ctx.job_id, "crawl_id")
     pool = pool_key(spec["pool_key"], "pool_key")
     out = ctx.artifacts.work_dir(pool)
-    args = [sys.executable, "-m", "crawler.run", "--classes", ",".join(spec["classes"]),
-            "--out", str(out), "--sources", ",".join(spec["sources"]),
-            "--per-class", str(spec["per_class"]), "--redis", ctx.redis_url,
-            "--crawl-id", crawl_id]  # fmt: skip
-    for name, words in spec.get("keywords", {}).items():
-        if words:
-            args += ["--keywords", f"{name}={';'.join(words)}"]
-    args += [a for seed in spec.get("seeds", []) for a in ("--seed", seed)]
-    args += [
-        a for k, v in spec.get("source_urls", {}).items() for a in ("--source-url", f"{k}={v}")
-    ]
-    args += [a for net in spec.get("allow_networks", []) for a in ("--allow-network", net)]
-    args += [a for k, v in spec.get("hosts", {}).items() for a in ("--host", f"{k}={v}")]
-    args += [a for k, v in spec.get("settings", {}).items() for a in ("--set", f"{k}={_json(v)}")]
+    job = parse(CrawlJob, {
+        "classes": spec["classes"], "options": spec_options("crawl", spec), "out": str(out),
+        "redis_url": ctx.redis_url,
+        "crawl_id": check_name(spec.get("crawl_id") or ctx.job_id, "crawl_id"),
+    }, "crawl job spec", flags=False)  # fmt: skip
+    job_file = out.parent / f".{out.name}.crawl-{job.crawl_id}.json"
+    atomic_write(job_file, job.model_dump_json().encode())
+    client = redis_client(ctx.redis_url)
+    # Output goes to files, not pipes: Scrapy logs a lot, and a full pipe would block the child.
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "crawler.run", "--job", str(job_file)],
+            stdout=out_file, stderr=err_file, text=True,
+        )  # fmt: skip
+        stopping_since = _follow_crawl(process, ctx, client, job.crawl_id)
+        out_text, err_text = _read_back(out_file), _read_back(err_file)
+    job_file.unlink(missing_ok=True)
+    if stopping_since is not None:
+        raise JobStopped("cancelled during the crawl")
+    if process.returncode != 0:
+        lines = [line for line in err_text.strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else f"crawler exited with {process.returncode}"
+        if process.returncode == 2:  # a user error, already one line
+            raise CrawlError(last.removeprefix("crawl: error: "))
+        raise RuntimeError(last)
+    ctx.artifacts.sync_up(out, pool)
+    stats = _safe(lambda: read_stats(client, job.crawl_id), {})
+    summary = out_text.strip().splitlines()[-1] if out_text.strip() else ""
+    return StageResult(
+        metrics={"crawl_id": job.crawl_id, "summary": summary,
+                 **{k: int(v) for k, v in stats.items() if v.isdigit()}},
+        artifacts={"pool": pool},
+    )  # fmt: skip
 
-    client = redis.Redis.from_url(ctx.redis_url)
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+def _follow_crawl(process, ctx: JobContext, client, crawl_id: str) -> float | None:
+    """Report the crawl's progress until the child ends; on cancel, stop it (SIGINT, then kill
+    after 30 s). Returns when the stop began, or None when it was not asked to stop."""
+    from crawler.stats import read_stats
+
     stopping_since = None
     while process.poll() is None:
         time.sleep(0.5)
@@ -120,26 +158,12 @@ def run_crawl(spec: dict, ctx: JobContext) -> StageResult:
             process.send_signal(signal.SIGINT)  # Scrapy stops gracefully; its job dir stays
         elif stopping_since and time.monotonic() - stopping_since > 30:
             process.kill()
-    out_text, err_text = process.communicate()
-    if stopping_since is not None:
-        raise JobStopped("cancelled during the crawl")
-    if process.returncode != 0:
-        lines = [line for line in err_text.strip().splitlines() if line.strip()]
-        raise RuntimeError(lines[-1] if lines else f"crawler exited with {process.returncode}")
-    ctx.artifacts.sync_up(out, pool)
-    stats = _safe(lambda: read_stats(client, crawl_id), {})
-    summary = out_text.strip().splitlines()[-1] if out_text.strip() else ""
-    return StageResult(
-        metrics={"crawl_id": crawl_id, "summary": summary,
-                 **{k: int(v) for k, v in stats.items() if v.isdigit()}},
-        artifacts={"pool": pool},
-    )  # fmt: skip
+    return stopping_since
 
 
-def _json(value) -> str:
-    import json
-
-    return json.dumps(value)
+def _read_back(file) -> str:
+    file.seek(0)
+    return file.read()
 
 
 def _safe(read, default):
@@ -153,11 +177,10 @@ def _safe(read, default):
 
 def run_dedup(spec: dict, ctx: JobContext) -> StageResult:
     """Mark duplicates and evaluation overlaps in the pool's manifest (in the store)."""
-    from dedup.options import DedupOptions
     from dedup.stage import run_dedup as dedup_stage
     from distill.features import load_feature_extractor
 
-    options = parse(DedupOptions, spec.get("options", {}), "dedup job spec", flags=False)
+    options = spec_options("dedup", spec)
     pool = pool_key(parse_ref(spec["pool"], "pool"))  # dedup rewrites it: artifact:pools/NAME
     _limit_threads()
     pool_dir = ctx.artifacts.work_dir(pool)

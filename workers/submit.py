@@ -10,8 +10,6 @@ from workers.jobs import Job, JobStore
 from workers.pipeline import create_pipeline
 from workers.settings import Settings, redis_client
 
-TRAIN_FIELDS = ("method", "student", "epochs", "batch_size", "lr", "seed")
-
 
 @functools.cache
 def _app(settings: Settings):
@@ -36,10 +34,6 @@ def submit(settings: Settings, config: PipelineConfig) -> Job:
 
 def submit_distill(settings: Settings, *, teacher: str, pool: str, train: dict,
                    teacher_arch: str | None = None, eval_set: str | None = None) -> Job:  # fmt: skip
-    """One distillation job; `train` holds any TrainConfig fields."""
-    known = {k: train[k] for k in TRAIN_FIELDS if k in train}
-    options = {k: v for k, v in train.items() if k not in TRAIN_FIELDS}
-    spec = DistillSpec(
-        teacher=teacher, teacher_arch=teacher_arch, eval=eval_set, options=options, **known
-    )
+    """One distillation job; `train` holds any DistillOptions fields."""
+    spec = DistillSpec(teacher=teacher, teacher_arch=teacher_arch, eval=eval_set, **train)
     return submit(settings, PipelineConfig(name="distill", pool=pool, distill=spec))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import get_args
 
 import pytest
 
@@ -80,8 +79,8 @@ def test_kd3_run_refuses_a_bad_config_in_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "workers.cli", "run", str(path)], capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert run.returncode == 2
-    assert run.stderr.strip() == (
-        f"kd3 run: error: {path}: distill.student: unknown architecture 'resnet9000' (kd3 models lists them)"
+    assert run.stderr.strip().startswith(
+        f"kd3 run: error: {path}: distill.student: unknown architecture 'resnet9000'; known: "
     )
 
 
@@ -89,7 +88,7 @@ def test_kd3_run_refuses_a_bad_config_in_one_line(tmp_path):
     "settings, message",
     [
         ("{TELNETCONSOLE_ENABLED: true, TELNETCONSOLE_PORT: [6023, 6023]}",
-         "crawl.settings: Value error, TELNETCONSOLE_ENABLED: not an allowed crawl setting; "
+         "crawl.settings: TELNETCONSOLE_ENABLED: not an allowed crawl setting; "
          "TELNETCONSOLE_PORT: not an allowed crawl setting; allowed: CONCURRENT_REQUESTS"),
         ("{KD3_POOL: /elsewhere/pool}", "KD3_POOL: set it with --out, not as a crawl setting"),
         ("{DOWNLOADER_MIDDLEWARES: {crawler.middlewares.AddressPolicyMiddleware: null}}",
@@ -117,10 +116,11 @@ def test_a_spec_keeps_allowed_crawl_settings_typed_and_checks_networks(tmp_path)
 @pytest.mark.parametrize(
     "distill, message",
     [
-        ("{options: {state_path: /etc}}", "distill.options.state_path: Extra inputs are not permitted"),
-        ("{options: {infer_batch_size: 1000000000}}", "options.infer_batch_size: Input should be less"),
-        ("{options: {tau_max: 7}}", "distill.options.tau_max: Input should be less than or equal to 1"),
-        ("{options: {augment: cutmix}}", "distill.options.augment: Input should be 'rrc' or 'padcrop'"),
+        ("{state_path: /etc}", "distill.state_path: Extra inputs are not permitted"),
+        ("{options: {state_path: /etc}}", "distill.state_path: Extra inputs are not permitted"),
+        ("{infer_batch_size: 1000000000}", "distill.infer_batch_size: Input should be less"),
+        ("{tau_max: 7}", "distill.tau_max: Input should be less than or equal to 1"),
+        ("{augment: cutmix}", "distill.augment: Input should be 'rrc' or 'padcrop'"),
         ("{method: evil}", "distill.method: Input should be 'kd3', 'kd3-paper'"),
         ("{epochs: 1000000000}", "distill.epochs: Input should be less than or equal to 10000"),
         ("{device: 'cuda; rm -rf /'}", "distill.device: String should match pattern"),
@@ -131,25 +131,19 @@ def test_a_spec_with_a_refused_distill_option_is_refused_in_one_line(tmp_path, d
     assert message in _refusal(tmp_path, f"name: x\nclasses: [cat]\npool: p\ndistill: {spec}\n")
 
 
-def test_every_distill_option_a_spec_may_set_is_a_training_setting(tmp_path):
-    from dataclasses import fields
+@pytest.mark.parametrize(
+    "section",
+    ["{teacher: t.pt, epoch_size: pool, crop_scale: [0.08, 1]}",
+     # written before the section was flat: the same keys under options:
+     "{teacher: t.pt, options: {epoch_size: pool, crop_scale: [0.08, 1]}}"],
+)  # fmt: skip
+def test_the_distill_section_is_the_distill_options(tmp_path, section):
+    from distill.options import DistillOptions
+    from distill.trainer import TrainConfig
 
-    from distill.methods.kd3 import SELECTION_RULES
-    from distill.trainer import AUGMENTS, EPOCH_SIZES, SCHEDULES, TrainConfig
-    from workers.config import DistillOptions, DistillSpec
-
-    train_fields = {f.name for f in fields(TrainConfig)}
-    assert set(DistillOptions.model_fields) <= train_fields
-    choices = {name: get_args(get_args(DistillOptions.model_fields[name].annotation)[0])
-               for name in ("schedule", "augment", "selection_rule", "epoch_size")}  # fmt: skip
-    assert choices == {"schedule": SCHEDULES, "augment": AUGMENTS,
-                       "selection_rule": SELECTION_RULES, "epoch_size": EPOCH_SIZES}  # fmt: skip
-    assert (
-        set(DistillSpec.model_fields) - {"teacher", "teacher_arch", "eval", "options", "device"}
-        <= train_fields
+    config = load_config(
+        _write(tmp_path, f"name: x\nclasses: [cat]\npool: p\ndistill: {section}\n")
     )
-    spec = "{teacher: t.pt, options: {epoch_size: pool, crop_scale: [0.08, 1]}}"
-    config = load_config(_write(tmp_path, f"name: x\nclasses: [cat]\npool: p\ndistill: {spec}\n"))
-    train = config.distill.train()
-    assert train["epoch_size"] == "pool" and train["crop_scale"] == (0.08, 1.0)
-    assert TrainConfig(**train).epoch_size == "pool"
+    assert set(DistillOptions.model_fields) <= set(type(config.distill).model_fields)
+    train = TrainConfig.from_options(DistillOptions(**config.distill.train_options()))
+    assert train.epoch_size == "pool" and train.crop_scale == (0.08, 1.0)

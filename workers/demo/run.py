@@ -121,7 +121,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "full", seed: i
                 # The evaluation split is another style than the web pool, and BatchNorm's
                 # running averages lag behind the weights: without re-estimating them the
                 # per-epoch accuracy swung between chance and 80% (bench/demo_stability.py).
-                options={"bn_recalibration": 1024},
+                bn_recalibration=1024,
             ),  # fmt: skip
         )
         t = time.perf_counter()
