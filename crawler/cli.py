@@ -48,7 +48,6 @@ def _redis_help() -> str:
 def register(subparsers) -> None:
     crawl = subparsers.add_parser(
         "crawl",
-        help="collect web images for class names into a pool",
         description="Crawl image sources for each class into a pool, checking every image\n"
         "(format, size, a full decode) and storing each file once.",
         epilog=CRAWL_EXAMPLES,
@@ -67,7 +66,6 @@ def register(subparsers) -> None:
 
     stats = subparsers.add_parser(
         "stats",
-        help="print a crawl's stats (from Redis or the pool)",
         description="Print a crawl's stats as a table: from Redis (--redis, or $KD3_REDIS_URL)\n"
         "or from a pool (--pool).",
         epilog=STATS_EXAMPLES,

@@ -22,7 +22,6 @@ def register(subparsers, teacher_loader: Callable[[str], object] | None = None) 
     """`teacher_loader(path) -> feature extractor` turns --teacher CKPT into features."""
     parser = subparsers.add_parser(
         "dedup",
-        help="mark duplicates and evaluation-set overlaps in a pool's manifest",
         description="Mark near-duplicate images and images that overlap an evaluation set in a "
         "pool's manifest (status duplicate / test_overlap); nothing is deleted.",
         epilog=EXAMPLES,

@@ -14,8 +14,9 @@ import importlib
 import os
 import sys
 
-# command: (module whose register(subparsers) adds it, one-line help). The help lives here, the
-# one place `kd3 --help` reads it from without importing the stage.
+# command: (module whose register(subparsers) adds it, one-line help). The one-line help lives
+# only here, where `kd3 --help` reads it without importing the stage; a stage module gives its
+# commands their description, flags and examples.
 COMMANDS = {
     "pool": ("pool.cli", "create, extend and inspect pools (kd3 pool import|info|compact)"),
     "crawl": ("crawler.cli", "collect web images for class names into a pool"),

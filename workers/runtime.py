@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import redis
 
+from common.errors import UserError
 from workers.artifacts import ArtifactStore
-from workers.errors import USER_ERRORS
 from workers.jobs import TERMINAL, Job, JobStore
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def execute_job(
             return "cancelled"
         except Exception as exc:
             message = _one_line(exc)
-            if isinstance(exc, USER_ERRORS):
+            if isinstance(exc, UserError):
                 log.warning("job %s failed: %s", job_id, message)
             else:
                 log.exception("job %s failed", job_id)
@@ -169,7 +169,7 @@ def execute_job(
 def _one_line(exc: Exception) -> str:
     """User errors carry their own one-line message; anything else is prefixed by its type."""
     first = (str(exc).strip().splitlines() or [""])[0]
-    if isinstance(exc, USER_ERRORS):
+    if isinstance(exc, UserError):
         return first or type(exc).__name__
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 

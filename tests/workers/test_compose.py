@@ -202,7 +202,7 @@ def test_pipeline_command_submits_the_configured_chain(
         [parent] = [j for j in store.list() if j.kind == "pipeline"]
         children = [store.get(c) for c in parent.children]
         assert [c.kind for c in children] == ["crawl", "dedup", "distill"]
-        assert children[0].spec["classes"][:2] == ["airplane", "automobile"]
+        assert [c["name"] for c in children[0].spec["classes"][:2]] == ["airplane", "automobile"]
         assert children[2].spec["teacher"].startswith("artifact:teachers/")
         time.sleep(0.5)
         assert proc.poll() is None  # still following the pipeline (--wait)
