@@ -16,8 +16,13 @@ def atomic_write(
     the target's folder, then rename it over `path`. `durable` also fsyncs the file first (for
     files whose loss after a crash would lose work: manifests, checkpoints)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except (
+        FileNotFoundError
+    ):  # the folder is missing: create it only then (mkdir costs a syscall per level)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             if callable(data):

@@ -1,4 +1,4 @@
-"""`kd3 pool ...` subcommands: import and info."""
+"""`kd3 pool ...` subcommands: import, info and compact. Flags of import from pool.options."""
 
 from __future__ import annotations
 
@@ -6,65 +6,139 @@ import argparse
 import sys
 import time
 
-from pool.importer import import_into_pool
-from pool.manifest import STATUSES
-from pool.store import Pool
+from common.options import add_flags, from_args
+from pool.errors import PoolError
+from pool.options import ImportOptions
+
+IMPORT_EXAMPLES = """examples:
+  kd3 pool import cifar10_test.npz --out pools/c10          # x/y/class_names arrays
+  kd3 pool import photos/ --out pools/pets --classes cat,dog  # one sub-folder per class
+  kd3 pool import more/ --out pools/pets --skip-invalid       # extend; leave bad files out
+
+An .npz holds 'x' (uint8 N,H,W,3 pixels, stored as PNG) or 'jpeg'+'offsets' (the original
+files end to end), optional 'y' (class indices, -1 unknown) and 'class_names'. Everything is
+checked before anything is written: a bad input changes nothing. Images already in the pool
+are not stored twice."""
+
+POOL_EXAMPLES = """examples:
+  kd3 pool import cifar10_test.npz --out pools/c10
+  kd3 pool info pools/c10
+  kd3 pool compact pools/c10
+
+`kd3 pool SUBCOMMAND --help` shows its flags, with their defaults."""
+
+INFO_EXAMPLES = """examples:
+  kd3 pool info pools/pets"""
+
+COMPACT_EXAMPLES = """examples:
+  kd3 pool compact pools/pets
+
+Each add (a crawl's batch, an import) appends a small file to POOL/manifest.d/ and POOL/finds/;
+kd3 folds them into manifest.parquet and finds.parquet on its own, often enough that their
+number stays small. Compact by hand to leave one file of each, e.g. before archiving a pool."""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("pool", help="create, import into and inspect pools")
-    sub = parser.add_subparsers(dest="pool_command", required=True)
+    parser = subparsers.add_parser(
+        "pool",
+        help="create, import into and inspect pools",
+        description="Create, extend and inspect pools: content-addressed images, a manifest "
+        "(one row per image) and classes.json.",
+        epilog=POOL_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="pool_command", required=True, metavar="SUBCOMMAND")
 
-    imp = sub.add_parser("import", help="build a pool from an image folder or an .npz file")
-    imp.add_argument("--from", dest="source", required=True, metavar="DIR_OR_NPZ")
-    imp.add_argument("--out", required=True, metavar="POOL")
-    imp.add_argument(
-        "--classes",
-        type=lambda s: [c.strip() for c in s.split(",")],
-        metavar="A,B,...",
-        help="class names in the teacher's output order (default: sub-folders or npz class_names)",
+    imp = sub.add_parser(
+        "import",
+        help="build or extend a pool from an image folder or an .npz file",
+        description="Build or extend a pool from an image folder (a sub-folder per class) or "
+        "an .npz file.",
+        epilog=IMPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     imp.add_argument(
-        "--skip-invalid", action="store_true", help="leave bad files out instead of failing"
+        "source",
+        nargs="?",
+        metavar="SOURCE",
+        help="the image folder or .npz file to import (or give it as --from)",
     )
     imp.add_argument(
-        "--follow-symlinks",
-        action="store_true",
-        help="import symbolic links that point outside the folder (refused by default)",
+        "--from", dest="from_source", metavar="SOURCE", help="the same as SOURCE (default: none)"
     )
+    imp.add_argument(
+        "--out", required=True, metavar="POOL", help="the pool directory to create or extend"
+    )
+    add_flags(imp, ImportOptions, title="import options")
     imp.set_defaults(func=cmd_import)
 
-    info = sub.add_parser("info", help="counts by class and status")
-    info.add_argument("pool", metavar="POOL")
+    info = sub.add_parser(
+        "info",
+        help="counts by class and status",
+        description="Print the number of images of each class in each status.",
+        epilog=INFO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    info.add_argument("pool", metavar="POOL", help="the pool directory")
     info.set_defaults(func=cmd_info)
+
+    compact = sub.add_parser(
+        "compact",
+        help="fold the manifest's appended parts into manifest.parquet",
+        description="Fold every appended manifest and finds part into manifest.parquet and "
+        "finds.parquet (readers see the same rows before and after).",
+        epilog=COMPACT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compact.add_argument("pool", metavar="POOL", help="the pool directory")
+    compact.set_defaults(func=cmd_compact)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from pool.importer import import_into_pool
+
+    if args.source and args.from_source and args.source != args.from_source:
+        raise PoolError(f"two sources given ({args.source} and --from {args.from_source})")
+    source = args.source or args.from_source
+    if not source:
+        raise PoolError("nothing to import: give SOURCE (an image folder or an .npz file)")
+    options = from_args(ImportOptions, args, "bad option")
     start = time.perf_counter()
-    report = import_into_pool(
-        args.source,
-        args.out,
-        args.classes,
-        args.skip_invalid,
-        progress=sys.stderr.isatty(),
-        follow_symlinks=args.follow_symlinks,
-    )
+    report = import_into_pool(source, args.out, options, progress=sys.stderr.isatty())
     for line in report.skipped:
         print(f"skipped {line}", file=sys.stderr)
+    refinds = f", {report.finds_recorded} re-finds recorded" if report.finds_recorded else ""
+    total = sum(report.pool.counts().values())
     print(
         f"{report.seen} images read, {report.added} added, {report.already_present} already in "
-        f"the pool, {len(report.skipped)} skipped -> {report.pool.root} "
-        f"({time.perf_counter() - start:.1f} s)"
+        f"the pool{refinds}, {len(report.skipped)} skipped -> {report.pool.root} "
+        f"({total} images in it; {time.perf_counter() - start:.1f} s)"
     )
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from pool.store import Pool
+
     print(format_info(Pool.open(args.pool)))
     return 0
 
 
-def format_info(pool: Pool) -> str:
+def cmd_compact(args: argparse.Namespace) -> int:
+    from pool.store import Pool
+
+    pool = Pool.open(args.pool)
+    done = pool.compact()
+    print(
+        f"{pool.root}: folded {done.manifest_parts} manifest parts and {done.finds_parts} finds "
+        f"parts ({done.rows} images in manifest.parquet)"
+    )
+    return 0
+
+
+def format_info(pool) -> str:
+    from pool.manifest import STATUSES
+
     counts = pool.counts()
     classes = pool.classes()
     names = (classes.names if classes else []) + sorted(

@@ -38,11 +38,26 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise InvalidImage("not_an_image", "no known image signature") from None
     except Exception as exc:  # a known signature whose header is cut or broken
         raise InvalidImage("truncated_or_corrupt", f"{type(exc).__name__}: {exc}") from None
-    width, height = img.size
-    if width * height > max_pixels:
+    try:
+        check_size(*img.size, max_pixels=max_pixels, min_side=0)
+    except InvalidImage:
         img.close()
-        raise InvalidImage("too_many_pixels", f"{width}x{height}")
+        raise
     return img
+
+
+def check_size(
+    width: int,
+    height: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> None:
+    """Refuse an image of width x height pixels: too many pixels, or a side too short."""
+    if width * height > max_pixels:
+        raise InvalidImage("too_many_pixels", f"{width}x{height}")
+    if min(width, height) < min_side:
+        raise InvalidImage("too_small", f"{width}x{height}")
 
 
 def inspect_image(
@@ -62,8 +77,7 @@ def inspect_image(
         if fmt not in formats:
             raise InvalidImage("format_not_allowed", fmt)
         width, height = img.size
-        if min(width, height) < min_side:
-            raise InvalidImage("too_small", f"{width}x{height}")
+        check_size(width, height, max_pixels=max_pixels, min_side=min_side)
         try:
             img.seek(0)
             img.load()  # decodes the pixels: truncated files fail here

@@ -1,19 +1,17 @@
-"""The manifest: one Parquet row per stored image. Schema, validation and atomic writes.
+"""The manifest: one Parquet row per stored image. Schema and validation.
 
 Core columns are required with these exact types; the known optional columns (added by later
-stages) are type-checked when present; unknown extra columns are kept as they are.
+stages) are type-checked when present; unknown extra columns are kept as they are. The rows are
+stored as a base file and appended parts (pool.parts); each file is validated when first read or
+before it is written, and sha256 values are checked to be unique across all of them (pool.index).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pool.errors import PoolError
 
@@ -144,32 +142,11 @@ def _refuse_first(table: pa.Table, bad: pa.ChunkedArray, where: str, describe) -
         raise PoolError(f"{where}: row {i} (sha256 {row['sha256']}): {describe(row)}")
 
 
-def read(path: Path, num_classes: int = 0) -> pa.Table:
-    if not path.exists():
-        raise PoolError(f"{path}: manifest missing")
+def concat(tables: list[pa.Table], where: str) -> pa.Table:
+    """The rows of every table, in order, with the union of their columns (missing values
+    become null) and the manifest's own schema metadata."""
     try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise PoolError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
-    return validate(table, str(path), num_classes)
-
-
-def write(path: Path, table: pa.Table, num_classes: int = 0) -> None:
-    """Validate, then replace the manifest atomically (readers see the old or the new file)."""
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **CORE_SCHEMA.metadata})
-    validate(table, str(path), num_classes)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def concat(base: pa.Table, new: pa.Table) -> pa.Table:
-    """Append rows, unifying the extra columns of both tables (missing values become null)."""
-    return pa.concat_tables([base, new], promote_options="default")
+        table = pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise PoolError(f"{where}: parts with conflicting columns ({exc})") from None
+    return table.replace_schema_metadata(CORE_SCHEMA.metadata)

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from common.files import atomic_write
 from pool.errors import InvalidImage, PoolError
 from pool.images import decode_rgb, resize_center_crop
 from pool.store import Pool
@@ -40,6 +41,15 @@ def _decode_one(pool: Pool, row_path: str, size: int) -> np.ndarray:
     return np.asarray(resize_center_crop(img, size), dtype=np.uint8)
 
 
+def _write_npy(fh, arrays, shape: tuple[int, ...]) -> None:
+    """An .npy file of `shape` uint8, written row by row as `arrays` yields them (the whole
+    array is never in memory)."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
+    np.lib.format.write_array_header_1_0(fh, {**header, "shape": shape})
+    for arr in arrays:
+        fh.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
+
+
 def materialize(
     pool: Pool, size: int = 32, statuses: tuple[str, ...] = ("kept",), progress: bool = False
 ) -> Materialized:
@@ -55,20 +65,10 @@ def materialize(
     ).hexdigest()[:20]
     target = pool.cache_dir / f"images-{size}-{key}.npy"
     if not target.exists():
-        pool.cache_dir.mkdir(exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        out = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.uint8, shape=(len(shas), size, size, 3)
-        )
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
             decoded = ex.map(lambda p: _decode_one(pool, p, size), paths, chunksize=256)
-            for i, arr in enumerate(
-                tqdm(decoded, total=len(paths), disable=not progress, desc="decode")
-            ):
-                out[i] = arr
-        out.flush()
-        del out
-        os.replace(tmp, target)
+            bar = tqdm(decoded, total=len(paths), disable=not progress, desc="decode")
+            atomic_write(target, lambda fh: _write_npy(fh, bar, (len(paths), size, size, 3)))
         for old in pool.cache_dir.glob(f"images-{size}-*.npy"):
             if old != target:
                 old.unlink(missing_ok=True)

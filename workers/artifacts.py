@@ -86,11 +86,16 @@ class ArtifactStore:
         if not path.exists():
             raise ArtifactError(f"{path}: no such file or directory")
         if path.is_dir():
-            digest = hashlib.sha256((path / "manifest.parquet").read_bytes()).hexdigest()[:12]
+            from pool.store import Pool
+
+            pool = Pool.open(path)
             name = re.sub(r"[^A-Za-z0-9._-]", "_", path.resolve().name)[:64]
-            key = f"pools/{name}-{digest}"
-            if not self.exists(key):
-                self.put_dir(path, key)
+            # Under the pool's lock: a writer folding manifest parts mid-copy could otherwise
+            # leave the copy with an old base and without the parts folded into the new one.
+            with pool.locked():
+                key = f"pools/{name}-{pool.fingerprint()[:12]}"
+                if not self.exists(key):
+                    self.put_dir(path, key)
         else:
             key = f"inputs/{_file_sha256(path)}{_suffix(path)}"
             if not self.exists(key):

@@ -24,19 +24,19 @@ from workers.cli import main as kd3
 def pool(tmp_path):
     pool = Pool.create(tmp_path / "p", ClassList.from_names(["cat", "dog", "frog"]))
     pool.add([NewImage(make_image_bytes(i), url=f"u{i}", class_index=i) for i in range(3)])
+    pool.compact()  # the rows in manifest.parquet, where _set changes them
     return pool
 
 
-def _set(pool: Pool, column: str, row: int, value) -> None:
-    """Rewrite one manifest cell behind the pool's back (as a hostile or broken tool would)."""
-    table = pq.read_table(pool.manifest_path)
+def _set(pool: Pool, column: str, row: int, value, file=None) -> None:
+    """Rewrite one cell of a manifest file (default: the base) behind the pool's back, as a
+    hostile or broken tool would."""
+    file = file or pool.manifest_path
+    table = pq.read_table(file)
     values = table[column].to_pylist()
     values[row] = value
     i = table.schema.get_field_index(column)
-    pq.write_table(
-        table.set_column(i, column, pa.array(values, table.schema.field(i).type)),
-        pool.manifest_path,
-    )
+    pq.write_table(table.set_column(i, column, pa.array(values, table.schema.field(i).type)), file)
 
 
 def _one_line_cli_error(capsys, *argv) -> str:
@@ -55,6 +55,24 @@ def test_manifest_path_outside_the_image_store_is_refused_on_open(pool, tmp_path
     with pytest.raises(PoolError, match=r"manifest.parquet: row 1 .*is not images/"):
         Pool.open(pool.root)
     assert repr(path) in _one_line_cli_error(capsys, "pool", "info", str(pool.root))
+
+
+def test_bad_row_in_an_appended_part_is_refused_naming_the_part(pool, capsys):
+    pool.add([NewImage(make_image_bytes(7), url="u7", class_index=0)])
+    (part,) = pool.manifest_parts_dir.glob("*.parquet")
+    _set(pool, "path", 0, "../../outside.png", file=part)
+    with pytest.raises(PoolError, match=rf"^{part}: row 0 .*is not images/"):
+        Pool.open(pool.root)
+    _one_line_cli_error(capsys, "pool", "info", str(pool.root))
+
+
+def test_a_part_repeating_a_stored_sha256_is_refused(pool):
+    """A part (copied in by hand, say) that stores an image the base already has."""
+    pq.write_table(
+        pq.read_table(pool.manifest_path).slice(1, 1), pool.manifest_parts_dir / f"{7:012d}.parquet"
+    )
+    with pytest.raises(PoolError, match=r"000000000007.parquet: sha256 [0-9a-f]{64} is also in"):
+        Pool.open(pool.root)
 
 
 def test_manifest_path_of_another_sha256_is_refused_on_open(pool):

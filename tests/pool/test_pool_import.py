@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pool import Pool, PoolError
+from pool import NewImage, Pool, PoolError, materialize
 from pool.importer import import_into_pool
+from pool.npz import read_npz
 from tests.conftest import make_image_bytes
 
 NAMES = np.array(["cat", "dog", "frog"])
@@ -130,7 +131,7 @@ def test_npz_without_x_is_refused(tmp_path):
     assert run.returncode == 2
     assert (
         run.stderr.strip()
-        == f"kd3 pool: error: {path}: no 'x' array (expected uint8 images of shape N,H,W,3)"
+        == f"kd3 pool: error: {path}: no 'x' array (uint8 N,H,W,3) and no 'jpeg'+'offsets' arrays"
     )
     assert not (tmp_path / "pool").exists()
 
@@ -154,3 +155,76 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     (tmp_path / "src" / "bomb.png").write_bytes(buf.getvalue())
     with pytest.raises(PoolError, match="bomb.png: too_many_pixels"):
         import_into_pool(tmp_path / "src", tmp_path / "pool")
+
+
+def _exif_rotated_jpeg() -> bytes:
+    stored = np.zeros((16, 32, 3), np.uint8)
+    stored[:, :16] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    return buf.getvalue()
+
+
+def _half_transparent_png() -> bytes:
+    rgba = np.zeros((24, 24, 4), np.uint8)
+    rgba[..., 0], rgba[:, 12:, 3] = 200, 255  # red, transparent on the left
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_npz_files_import_and_materialize_as_the_same_bytes_added_to_a_pool(tmp_path):
+    """Encoded files in an npz (EXIF rotation, transparency) are stored as they are and decode
+    through the pool exactly as the npz reader decodes them, and as when added directly."""
+    blobs = [_exif_rotated_jpeg(), _half_transparent_png(), make_image_bytes(3, fmt="JPEG")]
+    offsets = np.cumsum([0] + [len(b) for b in blobs])
+    path = tmp_path / "mixed.npz"
+    np.savez(path, jpeg=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets)
+    imported = import_into_pool(path, tmp_path / "imported").pool
+    rows = imported.manifest().to_pylist()
+    assert [r["format"] for r in rows] == ["JPEG", "PNG", "JPEG"]
+    assert [(r["width"], r["height"]) for r in rows] == [(32, 16), (24, 24), (32, 32)]
+
+    direct = Pool.create(tmp_path / "direct")
+    direct.add([NewImage(b, url=f"d{i}") for i, b in enumerate(blobs)])
+    from_import, from_add = materialize(imported, size=16), materialize(direct, size=16)
+    assert np.array_equal(from_import.images, from_add.images)
+    assert from_import.sha256 == [r["sha256"] for r in rows] == from_add.sha256
+
+    npz = read_npz(path)
+    rotated = np.asarray(npz.rgb(0))
+    assert rotated.shape == (32, 16, 3)  # displayed upright: tall
+    assert np.abs(from_import.images[0].astype(int) - rotated[8:24].astype(int)).max() <= 1
+    assert (from_import.images[1][:, :8] == 255).all()  # transparent: composited on white
+    assert (from_import.images[1][:, 8:] == (200, 0, 0)).all()
+
+
+def test_import_reports_duplicates_inside_the_source_as_finds(tmp_path):
+    x = np.random.default_rng(2).integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x[[0, 1, 0, 2]])
+    report = import_into_pool(tmp_path / "d.npz", tmp_path / "pool")
+    assert (report.seen, report.added, report.finds_recorded) == (4, 3, 1)
+    assert report.pool.finds()["url"].to_pylist() == ["npz:d.npz#2"]
+
+
+def test_source_is_positional_or_from_but_not_two_different_ones(tmp_path, npz, capsys):
+    from workers.cli import main as kd3
+
+    path, _, _ = npz
+    assert kd3(["pool", "import", str(path), "--out", str(tmp_path / "pool")]) == 0
+    assert "30 added" in capsys.readouterr().out
+    other = tmp_path / "other.npz"
+    assert kd3(["pool", "import", str(other), "--from", str(path), "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"kd3 pool: error: two sources given ({other} and --from {path})\n"
+
+
+def test_the_pool_command_line_module_imports_no_heavy_library():
+    code = (
+        "import sys, pool.cli; "
+        "print(sorted({'numpy', 'pyarrow', 'PIL', 'tqdm'} & {m.split('.')[0] for m in sys.modules}))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "[]", run.stderr

@@ -1,4 +1,3 @@
-import multiprocessing as mp
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -85,32 +84,3 @@ def test_update_validates_before_replacing_the_manifest(tmp_path):
             )
         )
     assert _snapshot(pool.root) == before
-
-
-def _writer(root: str, offset: int, barrier) -> None:
-    pool = Pool.open(root)
-    barrier.wait()
-    for start in range(0, 60, 6):
-        batch = [
-            NewImage(make_image_bytes(offset + i), url=f"w{offset}/{i}")
-            for i in range(start, start + 6)
-        ]
-        pool.add(batch)
-
-
-def test_concurrent_writers_do_not_lose_or_duplicate_rows(tmp_path):
-    """Two processes append at once (half their images overlap): the union, each row once."""
-    root = tmp_path / "p"
-    Pool.create(root)
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_writer, args=(str(root), off, barrier)) for off in (0, 30)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    table = Pool.open(root).manifest()
-    expected = {sha256_hex(make_image_bytes(seed)) for seed in range(90)}
-    assert table.num_rows == 90
-    assert set(table["sha256"].to_pylist()) == expected
