@@ -87,3 +87,21 @@ def test_bad_redis_url_is_one_line():
         "kd3 jobs: error: bad Redis URL 'localhost:6379': Redis URL must specify one of the "
         "following schemes (redis://, rediss://, unix://)"
     ]
+
+
+def test_connection_flags_work_before_or_after_the_command():
+    from workers.cli import build_parser
+
+    url = "redis://127.0.0.1:6390/0"
+    for argv in (
+        ["submit", "distill", "--teacher", "t.pt", "--pool", "p", "--redis", url],
+        ["submit", "--redis", url, "distill", "--teacher", "t.pt", "--pool", "p"],
+        ["--redis", url, "submit", "distill", "--teacher", "t.pt", "--pool", "p"],
+        ["jobs", "--redis", url],
+        ["--redis", url, "jobs"],
+        ["crawl", "--classes", "cat", "--out", "p", "--redis", url],
+        ["--redis", url, "crawl", "--classes", "cat", "--out", "p"],
+    ):
+        assert (
+            build_parser(argv[2] if argv[0] == "--redis" else argv[0]).parse_args(argv).redis == url
+        )
