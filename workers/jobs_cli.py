@@ -141,23 +141,32 @@ def cmd_artifacts(args) -> int:
 
 def cmd_watch(args) -> int:
     """A live progress bar (or plain lines when not on a terminal) until the job ends."""
-    from tqdm import tqdm
-
     store = _store(args)
-    job = _get(store, args.job)
-    bar = tqdm(total=0, desc=job.id, disable=not sys.stderr.isatty())
-    after = "0-0"
-    while True:
-        for event_id, fields in store.events(job.id, after, block_ms=1000):
-            after = event_id
-            _show(bar, fields)
-        job = store.get(job.id)
-        if job.status in TERMINAL and not store.events(job.id, after):
-            break
-        time.sleep(0.2 if job.status == "queued" else 0)
-    bar.close()
+    job = follow(store, _get(store, args.job).id)
     print(format_job(job))
     return 0 if job.status == "succeeded" else 1
+
+
+def follow(store: JobStore, job_id: str, stop=None) -> Job:
+    """Show a job's events as they come (a bar on a terminal, else plain lines) until it ends,
+    or until `stop` (a threading.Event) is set; returns its last record."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=job_id, disable=not sys.stderr.isatty())
+    after = "0-0"
+    try:
+        while True:
+            for event_id, fields in store.events(job_id, after, block_ms=1000):
+                after = event_id
+                _show(bar, fields)
+            job = store.get(job_id)
+            if (job.status in TERMINAL or (stop and stop.is_set())) and not store.events(
+                job_id, after
+            ):
+                return job
+            time.sleep(0.2 if job.status == "queued" else 0)
+    finally:
+        bar.close()
 
 
 def _show(bar, fields: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,8 +41,9 @@ def run_pipeline(
             job = queue.pop(0)
             log(f"[{job.kind}] {job.id} starting")
             start = time.perf_counter()
-            outcome = execute_job(store, artifacts, job.id, STAGES[job.kind], lease_ttl=120,
-                                  enqueue=queue.append, redis_url=redis_url)  # fmt: skip
+            with _live_progress(store, job.id):
+                outcome = execute_job(store, artifacts, job.id, STAGES[job.kind], lease_ttl=120,
+                                      enqueue=queue.append, redis_url=redis_url)  # fmt: skip
             done = store.get(job.id)
             log(f"[{job.kind}] {outcome} in {time.perf_counter() - start:.0f} s"
                 + (f": {done.error}" if done.error else ""))  # fmt: skip
@@ -60,3 +62,22 @@ def _say_which_pool(config, store, parent, artifacts, log) -> None:
     ref = next(job.spec["pool"] for job in jobs if job.kind == "dedup")
     copy = artifacts.url(ref.removeprefix("artifact:"))
     log(f"dedup marks {copy}, a copy of {config.pool}; {config.pool} itself is not changed")
+
+
+@contextlib.contextmanager
+def _live_progress(store: JobStore, job_id: str):
+    """On a terminal, a progress bar of the running stage (what `kd3 watch` shows), drawn by a
+    thread that follows the job's events while this one runs it."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    from workers.jobs_cli import follow
+
+    stop = threading.Event()
+    thread = threading.Thread(target=follow, args=(store, job_id, stop), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
