@@ -209,3 +209,13 @@ def test_pipeline_command_submits_the_configured_chain(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/Dockerfile.gpu"])
+def test_images_copy_every_package_the_project_installs(dockerfile):
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    text = (ROOT / dockerfile).read_text()
+    assert [p for p in packages if f"COPY {p} ./{p}" not in text] == []
