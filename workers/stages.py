@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from common.files import atomic_write
-from common.options import parse
+from common.options import OptionsError, parse
 from crawler.errors import CrawlError
 from workers.references import check_name, job_key, parse_ref, pool_key
 from workers.runtime import JobContext, JobStopped, StageResult
@@ -46,7 +46,11 @@ def spec_options(kind: str, spec: dict):
     from distill.options import DistillOptions
 
     model = {"crawl": CrawlOptions, "dedup": DedupOptions, "distill": DistillOptions}[kind]
-    return parse(model, spec.get("options", {}), f"{kind} job spec", flags=False)
+    if "options" not in spec:  # queued by a kd3 that spread them over the spec: never guess
+        raise OptionsError(
+            f"{kind} job spec has no 'options' (queued by an older kd3?); submit it again"
+        )
+    return parse(model, spec["options"], f"{kind} job spec", flags=False)
 
 
 def run_distill(spec: dict, ctx: JobContext) -> StageResult:

@@ -113,3 +113,12 @@ def test_a_pipeline_reaches_every_worker_stage_with_its_options(inputs):
     assert (dedup.hash, dedup.eval_crops) == ("dhash", False)
     distill = spec_options("distill", specs["distill"])
     assert (distill.epoch_size, distill.tau) == ("selection", 0.8)
+
+
+def test_a_spec_without_options_is_refused_not_run_on_defaults():
+    from common.options import OptionsError
+    from workers.stages import spec_options
+
+    old_format = {"teacher": "artifact:teachers/t.pt", "train": {"epochs": 60, "tau": 0.8}}
+    with pytest.raises(OptionsError, match="no 'options'"):
+        spec_options("distill", old_format)
