@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean compose-test
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: install
 
 bench: install
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# Opt-in, minutes, root + Docker engine + debootstrap (not part of `make test`): builds stand-in
+# base images and kd3:cpu, runs the compose stack in Docker and checks it (docker/compose-test/).
+compose-test: install
+	$(BIN)/python docker/compose-test/run.py $(COMPOSE_TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -22,7 +22,7 @@ from workers.config import (
     load_config,
     validate_config,
 )
-from workers.jobs_cli import _settings, cmd_watch, format_summary
+from workers.jobs_cli import _settings, _store, follow, format_job, format_summary
 
 EXAMPLES = {
     "crawl": "kd3 submit crawl --name pets --classes cat,dog --per-class 200 --wait",
@@ -100,12 +100,18 @@ def register(subparsers) -> None:
 def _queue(args, config: PipelineConfig, where: str) -> int:
     from workers.submit import submit
 
-    job = submit(_settings(args), check_stages(config, where))
-    print(job.id)
-    if args.wait:
-        args.job = job.id
-        return cmd_watch(args)
-    return 0
+    settings = _settings(args)
+    job = submit(settings, check_stages(config, where))
+    print(job.id, flush=True)
+    if not args.wait:
+        return 0
+    store = _store(args)
+    job = follow(store, job.id)
+    if job.kind == "pipeline":  # one line per stage, with its outputs
+        print(format_summary(job, [store.get(c) for c in job.children], settings.artifacts))
+    else:
+        print(format_job(job))
+    return 0 if job.status == "succeeded" else 1
 
 
 def _one_stage(args, kind: str, section, **raw) -> int:

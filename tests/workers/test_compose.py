@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -146,6 +147,20 @@ def test_worker_and_flower_commands_start_for_real(services_config, redis_server
         by_worker = {w.split("@")[0]: {q["name"] for q in qs} for w, qs in queues.items()}
         assert by_worker == {"crawl": {"crawl"}, "cpu": {"cpu"}, "gpu": {"gpu"}}, replies
 
+        # each worker's healthcheck (a Celery ping of its own node name) passes against it
+        for name in ("crawl-worker", "cpu-worker", "gpu-worker"):
+            check = services_config[name]["healthcheck"]["test"]
+            assert check[0] == "CMD-SHELL"
+            script = (
+                check[1]
+                .replace("$$", "$")
+                .replace("celery ", f"{Path(sys.executable).parent}/celery ")
+            )
+            _, env = _local_command(services_config[name], redis_server.url, tmp_path)
+            env["HOSTNAME"] = socket.gethostname()  # what %h in --hostname expands to
+            run = subprocess.run(["sh", "-c", script], cwd=ROOT, env=env, timeout=60)
+            assert run.returncode == 0, name
+
         command, env = _local_command(services_config["flower"], redis_server.url, tmp_path)
         assert PASSWORD not in " ".join(command)  # basic auth comes from FLOWER_BASIC_AUTH
         port = free_port()
@@ -219,3 +234,38 @@ def test_images_copy_every_package_the_project_installs(dockerfile):
     packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
     text = (ROOT / dockerfile).read_text()
     assert [p for p in packages if f"COPY {p} ./{p}" not in text] == []
+
+
+def test_images_default_to_public_bases_and_indexes(services_config):
+    """A user's plain `docker compose build` pulls the public images and uses pip's own index;
+    stand-ins (docker/stand-in) come only through KD3_BASE_IMAGE, KD3_PIP_INDEX_ARGS and
+    KD3_REDIS_IMAGE, which make compose-test sets."""
+    for name in ("crawl-worker", "cpu-worker", "gpu-worker", "flower", "pipeline"):
+        build = services_config[name]["build"]
+        assert build["args"] == {"BASE_IMAGE": "python:3.11-slim", "PIP_INDEX_ARGS": ""}
+        assert "network" not in build
+    assert services_config["redis"]["image"] == "redis:7.2-alpine"
+    for dockerfile in ("docker/Dockerfile", "docker/Dockerfile.gpu"):
+        text = (ROOT / dockerfile).read_text()
+        assert "ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE}" in text
+        assert "\nUSER kd3\n" in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "runs"} <= set(ignored)
+
+
+def test_compose_test_override_is_valid_and_publishes_flower_alone(tmp_path):
+    """docker/compose-test/compose.test.yml (make compose-test) on top of docker-compose.yml."""
+    env = {**os.environ, "KD3_REDIS_PASSWORD": PASSWORD, "KD3_FLOWER_PASSWORD": PASSWORD,
+           "KD3_TEST_DIR": str(tmp_path)}  # fmt: skip
+    run = subprocess.run(
+        [str(COMPOSE), "-f", "docker-compose.yml", "-f", "docker/compose-test/compose.test.yml",
+         "config", "--format", "json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    config = json.loads(run.stdout)
+    services = config["services"]
+    assert [n for n, s in services.items() if s.get("ports")] == ["flower"]
+    assert services["flower"]["ports"][0]["host_ip"] == "127.0.0.1"
+    assert config["networks"]["default"]["internal"] is True
+    assert services["crawl-worker"]["build"]["network"] == "host"
