@@ -228,10 +228,12 @@ def pipeline() -> None:
     logs = dc("logs", "--no-log-prefix", "pipeline", quiet=True).stdout.strip().splitlines()
     print("\n".join(logs[-8:]))
     # `kd3 submit pipeline --wait` ends with the pipeline's summary: one line per stage
-    tail = "\n".join(logs[-12:])
+    summary = "\n".join(logs[next((i for i, line in enumerate(logs)
+                                   if line.startswith("pipeline ")), len(logs)):])  # fmt: skip
     check("pipeline job succeeded (exit 0; the log ends with its summary: pipeline ...: succeeded)",
-          code == 0 and re.search(r"^pipeline \S+: succeeded$", tail, re.M) is not None
-          and re.search(r"^  distill +succeeded +final accuracy", tail, re.M) is not None,
+          code == 0 and re.match(r"pipeline \S+: succeeded\n", summary) is not None
+          and all(re.search(rf"^  {kind} +succeeded", summary, re.M)
+                  for kind in ("crawl", "dedup", "distill")),
           f"exit {code}")  # fmt: skip
     found = dc("exec", "-T", "cpu-worker", "sh", "-c",
                "find /data/artifacts -path '*students*' -o -name '*.pt' | sort", quiet=True)  # fmt: skip
