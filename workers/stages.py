@@ -109,12 +109,13 @@ def run_crawl(spec: dict, ctx: JobContext) -> StageResult:
     from crawler.options import CrawlJob
     from crawler.stats import read_stats
 
-    pool = pool_key(spec["pool_key"], "pool_key")
+    pool = pool_key(spec["pool_key"], "pool_key")  # references first, before anything else
+    crawl_id = check_name(spec.get("crawl_id") or ctx.job_id, "crawl_id")
     out = ctx.artifacts.work_dir(pool)
     job = parse(CrawlJob, {
         "classes": spec["classes"], "options": spec_options("crawl", spec), "out": str(out),
         "redis_url": ctx.redis_url,
-        "crawl_id": check_name(spec.get("crawl_id") or ctx.job_id, "crawl_id"),
+        "crawl_id": crawl_id,
     }, "crawl job spec", flags=False)  # fmt: skip
     job_file = out.parent / f".{out.name}.crawl-{job.crawl_id}.json"
     atomic_write(job_file, job.model_dump_json().encode())
@@ -184,8 +185,8 @@ def run_dedup(spec: dict, ctx: JobContext) -> StageResult:
     from dedup.stage import run_dedup as dedup_stage
     from distill.features import load_feature_extractor
 
-    options = spec_options("dedup", spec)
     pool = pool_key(parse_ref(spec["pool"], "pool"))  # dedup rewrites it: artifact:pools/NAME
+    options = spec_options("dedup", spec)
     _limit_threads()
     pool_dir = ctx.artifacts.work_dir(pool)
     ctx.progress({"stage": "dedup", "pool": pool}, force=True)

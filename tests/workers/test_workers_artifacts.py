@@ -174,8 +174,8 @@ def test_crawl_ids_and_pool_keys_are_checked_before_crawling(tmp_path, bad):
     from workers.stages import run_crawl
 
     bad = json.loads(json.dumps(bad).replace("TMP", str(tmp_path)))
-    spec = {"classes": ["cat"], "sources": ["wikimedia"], "per_class": 0, "pool_key": "pools/p",
-            **bad}  # fmt: skip
+    spec = {"classes": ["cat"], "options": {"sources": ["wikimedia"], "per_class": 0},
+            "pool_key": "pools/p", **bad}  # fmt: skip
     with pytest.raises(ArtifactError):
         run_crawl(spec, _crawl_ctx(tmp_path))
     assert not (tmp_path / "x").exists()

@@ -112,8 +112,7 @@ def test_a_dedup_job_cannot_rewrite_a_pool_outside_the_store(services, start_wor
     victim.add([NewImage(make_image_bytes(i % 3), url=f"u{i}") for i in range(6)])
     before = {p: p.read_bytes() for p in sorted(victim.root.rglob("*")) if p.is_file()}
     store = _store(settings)
-    spec = {"pool": "artifact:../victim_pool", "eval": None, "radius": None, "similarity": None,
-            "teacher": None}  # fmt: skip
+    spec = {"pool": "artifact:../victim_pool", "eval": None, "teacher": None, "options": {}}
     job = store.create("dedup", spec)
     enqueue(settings, job)
     start_worker("cpu")
