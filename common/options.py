@@ -46,10 +46,10 @@ def _unwrap(annotation) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _pair(text: str) -> tuple[str, str]:
+def _pair(text: str, form: str = "NAME=VALUE") -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {form}, got {text!r}")
     return name.strip(), value.strip()
 
 
@@ -61,12 +61,14 @@ def _json_pair(text: str) -> tuple[str, Any]:
         return name, value  # plain text
 
 
-def _words_pair(text: str) -> tuple[str, list[str]]:
-    name, value = _pair(text)
-    return name, [w.strip() for w in value.replace(";", ",").split(",") if w.strip()]
+def words_pair(text: str, form: str = "NAME=VALUE") -> tuple[str, list[str]]:
+    """NAME=W1;W2 (or W1,W2) as (NAME, [W1, W2]); an argparse type."""
+    name, value = _pair(text, form)
+    return name, csv_list(value.replace(";", ","))
 
 
-def _csv(text: str) -> list[str]:
+def csv_list(text: str) -> list[str]:
+    """A,B,C as [A, B, C], blanks dropped; an argparse type."""
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
@@ -115,7 +117,7 @@ def add_flags(parser, model: type[BaseModel], *, exclude: tuple[str, ...] = (), 
             kwargs["type"] = (
                 _pair
                 if value_kind is str
-                else _words_pair
+                else words_pair
                 if value_kind == list[str]
                 else _json_pair
             )
@@ -124,7 +126,7 @@ def add_flags(parser, model: type[BaseModel], *, exclude: tuple[str, ...] = (), 
             if extra.get("repeat"):
                 kwargs["action"] = "append"
             else:
-                kwargs["type"] = _csv
+                kwargs["type"] = csv_list
                 kwargs.setdefault("metavar", "A,B")
         elif kind in (int, float):
             kwargs.setdefault("metavar", "N" if kind is int else "X")

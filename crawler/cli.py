@@ -4,10 +4,11 @@ crawler.options.CrawlOptions; Scrapy and Redis are imported only when a command 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
-from common.options import add_flags, from_args, parse
+from common.options import add_flags, csv_list, from_args, parse, words_pair
 from crawler.options import CrawlJob, CrawlOptions
 
 CRAWL_EXAMPLES = """examples:
@@ -26,17 +27,6 @@ STATS_EXAMPLES = """examples:
   kd3 stats cats-1 --pool pools/cats
 
 Exit status 0 when stats were found, 1 when the crawl has none there, 2 when they cannot be read."""
-
-
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _keywords(text: str) -> tuple[str, list[str]]:
-    name, sep, words = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected CLASS=KW1;KW2, got {text!r}")
-    return name.strip(), [w.strip() for w in words.replace(";", ",").split(",") if w.strip()]
 
 
 def _redis_help() -> str:
@@ -83,9 +73,9 @@ def register(subparsers) -> None:
 def add_class_flags(parser: argparse.ArgumentParser):
     """--classes and --keywords (kd3 crawl and kd3 submit crawl); returns their group."""
     group = parser.add_argument_group("what to crawl")
-    group.add_argument("--classes", type=_csv, required=True, metavar="A,B",
+    group.add_argument("--classes", type=csv_list, required=True, metavar="A,B",
                        help="class names, in the teacher's output order (required)")  # fmt: skip
-    group.add_argument("--keywords", type=_keywords, action="append", default=[],
+    group.add_argument("--keywords", type=functools.partial(words_pair, form="CLASS=KW1;KW2"), action="append", default=[],
                        metavar="CLASS=KW1;KW2",
                        help="more search terms for a class; repeat per class (default: none)")  # fmt: skip
     return group

@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 
 from common.errors import UserError
+from common.services import redis_client
 from crawler.allowed_settings import check_settings
 from crawler.errors import CrawlError
 from crawler.options import DEFAULT_SOURCES, SOURCES, CrawlJob, CrawlOptions
@@ -71,18 +72,6 @@ class CrawlProgress:
 
 def new_crawl_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-
-
-def check_redis(redis_url: str) -> None:
-    """CrawlError in one line unless a Redis answers at `redis_url` within a few seconds."""
-    import redis
-
-    try:
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=REDIS_PING_TIMEOUT,
-                                      socket_timeout=REDIS_PING_TIMEOUT)  # fmt: skip
-        client.ping()
-    except (redis.RedisError, ValueError) as exc:
-        raise CrawlError(f"cannot reach Redis at {redis_url} ({exc})") from None
 
 
 def build_settings(pool: Path, crawl_id: str, redis_url: str | None, options: CrawlOptions):
@@ -133,7 +122,7 @@ def crawl(job: CrawlJob, *, progress: Callable[[CrawlProgress], None] | None = N
     from pool.store import Pool
 
     if job.redis_url:
-        check_redis(job.redis_url)
+        redis_client(job.redis_url, REDIS_PING_TIMEOUT, REDIS_PING_TIMEOUT)  # refused in one line
     class_list = ClassList.from_names([c.name for c in job.classes], job.keywords())
     pool = Pool.create(job.out, class_list)
     crawl_id = job.crawl_id or new_crawl_id()

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from common.options import add_flags, from_args
+from common.options import add_flags, csv_list, from_args
 from distill.options import (
     DISTILL_METHODS,
     EPOCH_SIZES,
@@ -80,10 +80,6 @@ def _floats3(text: str) -> list[float]:
     return values
 
 
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
 def _add_model_loading(parser, flag: str) -> None:
     """How to read a bare state_dict (a kd3 checkpoint carries all of this itself)."""
     group = parser.add_argument_group("bare state_dict checkpoints (kd3 checkpoints need none)")
@@ -104,7 +100,7 @@ def _add_model_loading(parser, flag: str) -> None:
     group.add_argument(
         "--class-names",
         dest=f"{flag}_class_names",
-        type=_names,
+        type=csv_list,
         metavar="A,B",
         help="its class names, in output order (default: none; then data must match it by "
         "class count)",

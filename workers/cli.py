@@ -137,11 +137,10 @@ def user_error(exc: BaseException, args: argparse.Namespace) -> str | None:
     if redis is not None and isinstance(
         exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
     ):
+        from common.services import unreachable
+
         url = getattr(args, "redis", None) or os.environ.get("KD3_REDIS_URL") or "the default"
-        return (
-            f"cannot reach Redis at {url} ({exc}); start one, or pass --redis URL "
-            "or set KD3_REDIS_URL"
-        )
+        return unreachable(url, exc)
     return None
 
 

@@ -8,9 +8,10 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from common.services import redis_client
 from workers.cli import add_connection_flags
 from workers.jobs import TERMINAL, Job, JobStore
-from workers.settings import Settings, redis_client
+from workers.settings import Settings
 
 JOB_EXAMPLES = {
     "status": "kd3 status 3f2c...   # exit status 1 when the job failed",

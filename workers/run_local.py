@@ -12,13 +12,13 @@ import threading
 import time
 from pathlib import Path
 
+from common.services import redis_client
 from workers.artifacts import ArtifactStore
 from workers.config import PipelineConfig
 from workers.jobs import Job, JobStore
 from workers.local_redis import RedisServer
 from workers.pipeline import create_pipeline
 from workers.runtime import execute_job
-from workers.settings import redis_client
 
 
 def run_pipeline(

@@ -5,32 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from common.errors import UserError
 from workers.references import local_roots_from_env
-
-
-class ServiceUnavailable(UserError):
-    """Redis (or the artifact store) cannot be reached or its address is malformed."""
-
-
-def redis_client(url: str, timeout: float = 5.0):
-    """A Redis client for `url` that answered a PING, or one line saying why not."""
-    import redis
-
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout)
-    except ValueError as exc:
-        raise ServiceUnavailable(f"bad Redis URL {url!r}: {exc}") from None
-    try:
-        client.ping()
-    except redis.exceptions.AuthenticationError as exc:
-        raise ServiceUnavailable(f"Redis at {url} refused the password ({exc})") from None
-    except redis.exceptions.RedisError as exc:
-        raise ServiceUnavailable(
-            f"cannot reach Redis at {url} ({exc}); start one, or pass --redis URL "
-            "or set KD3_REDIS_URL"
-        ) from None
-    return client
 
 
 @dataclass(frozen=True)

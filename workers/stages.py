@@ -18,10 +18,10 @@ from pathlib import Path
 
 from common.files import atomic_write
 from common.options import OptionsError, parse
+from common.services import redis_client
 from crawler.errors import CrawlError
 from workers.references import check_name, job_key, parse_ref, pool_key
 from workers.runtime import JobContext, JobStopped, StageResult
-from workers.settings import redis_client
 
 
 def resolve(ctx: JobContext, ref: str) -> Path:

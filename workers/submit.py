@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 
+from common.services import redis_client
 from workers.artifacts import ArtifactStore
 from workers.config import DistillSpec, PipelineConfig
 from workers.jobs import Job, JobStore
 from workers.pipeline import create_pipeline
-from workers.settings import Settings, redis_client
+from workers.settings import Settings
 
 
 @functools.cache
