@@ -26,7 +26,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dedup import binary_index, grouping  # noqa: E402
+from dedup import binary_index, grouping, views  # noqa: E402
 from dedup.hashing import image_hashes  # noqa: E402
 from pool.images import decode_rgb  # noqa: E402
 
@@ -46,7 +46,9 @@ def time_hashing(data: Path, n: int) -> float:
         blobs.append(buf.getvalue())
     start = time.perf_counter()
     for b in blobs:
-        image_hashes(decode_rgb(b))
+        img = decode_rgb(b)
+        image_hashes(img)
+        views.view_descriptors(img)
     return (time.perf_counter() - start) / n
 
 
@@ -111,12 +113,23 @@ def main() -> None:
     parser.add_argument("--skip-grouping", action="store_true")
     parser.add_argument("--skip-decontamination", action="store_true")
     parser.add_argument(
-        "--decontamination-parts", default="hash,features,verify", help="which steps to time"
+        "--decontamination-parts",
+        default="copy,hash,features,verify,pairs",
+        help="which steps to time",
+    )
+    parser.add_argument(
+        "--pairs-per-image",
+        type=float,
+        default=1.0,
+        help="verified overlap candidates per pool image (bench/dedup_quality.py prints it)",
     )
     args = parser.parse_args()
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, radius <= {RADIUS}")
     per_image = time_hashing(data_dir(args.data), args.hash_sample)
-    print(f"hashing (decode + pHash/dHash + mirrors + pixel digest), {args.hash_sample} images:")
+    print(
+        f"hashing (decode + pHash/dHash + mirrors + pixel digest + view copy descriptors), "
+        f"{args.hash_sample} images:"
+    )
     print(f"  {per_image * 1e6:.0f} us/image on one core")
     for n in (10**5, 10**6, 10**7):
         print(f"  {n:>9,} images: {per_image * n:8.0f} s (extrapolated)")
@@ -124,7 +137,11 @@ def main() -> None:
     if not args.skip_grouping:
         grouping_table(args, rng)
     if not args.skip_decontamination:
-        decontamination(rng, parts=tuple(args.decontamination_parts.split(",")))
+        decontamination(
+            rng,
+            pairs_per_image=args.pairs_per_image,
+            parts=tuple(args.decontamination_parts.split(",")),
+        )
 
 
 def grouping_table(args, rng) -> None:
@@ -144,9 +161,9 @@ def decontamination(
     rng,
     n_pool: int = 10**6,
     n_eval: int = 10**4,
-    pairs_per_image: float = 0.5,
+    pairs_per_image: float = 1.0,
     sample: int = 20_000,
-    parts: tuple[str, ...] = ("hash", "features", "verify"),
+    parts: tuple[str, ...] = ("copy", "hash", "features", "verify", "pairs"),
 ) -> None:
     """The candidate searches and the verification of 10^6 pool images against 10^4 items.
 
@@ -155,15 +172,57 @@ def decontamination(
     """
     from dedup import decontaminate
 
-    per_item = 2 * (1 + len(decontaminate.CROPS))
+    per_item = 2 * (1 + len(decontaminate.CROPS) + len(decontaminate.ROTATIONS))
     print(f"\ndecontamination: {n_pool:,} pool images against {n_eval:,} evaluation items")
+    if "copy" in parts:
+        copy_candidates(rng, n_pool, n_eval, per_item)
     if "hash" in parts:
         hash_candidates(rng, n_pool, n_eval * per_item, sample)
     if "features" in parts:
         feature_candidates(rng, n_pool, n_eval * per_item, sample)
     if "verify" in parts:
         verification(rng, n_pool, n_eval, pairs_per_image)
+    if "pairs" in parts:
+        duplicate_verification(rng, n_pool // 20)
     print(f"* exhaustive baseline, timed on {sample:,} pool images and extrapolated")
+
+
+def copy_candidates(rng, n_pool: int, n_eval: int, per_item: int, framed: float = 0.1) -> None:
+    """Nearest items by copy descriptor (dedup/views.py): every pool image's own view, and the
+    picture inside a frame for `framed` of them, against every evaluation variant."""
+    from dedup import decontaminate, embeddings
+    from dedup.decontaminate import EvalIndex
+
+    dim = views.COPY_GRID**2
+    desc = np.zeros((n_pool, views.VIEWS, dim), np.float32)
+    desc[:, 0] = rng.standard_normal((n_pool, dim), dtype=np.float32)
+    has_frame = rng.random(n_pool) < framed
+    desc[has_frame, 1] = rng.standard_normal((int(has_frame.sum()), dim), dtype=np.float32)
+    variants = embeddings.normalize(rng.standard_normal((n_eval * per_item, dim), np.float32))
+    index = EvalIndex(None, {}, {}, np.zeros((0, 8), np.uint8), variants, None, per_item, None)
+    start = time.perf_counter()
+    rows, _ = decontaminate._copy_candidates(index, desc.reshape(n_pool, -1))
+    print(
+        f"candidate copy-descriptor search ({dim}-d, {views.VIEWS} views, {framed:.0%} framed, top "
+        f"{decontaminate.COPY_TOP_ITEMS} items of {n_eval * per_item:,} variants): "
+        f"{time.perf_counter() - start:6.1f} s, {len(rows) / n_pool:.2f} candidates per image",
+        flush=True,
+    )
+
+
+def duplicate_verification(rng, n_pairs: int) -> None:
+    """Pool grouping checks every hash or feature link with the alignment check (both ways)."""
+    from dedup import verify
+
+    thumbs = rng.integers(0, 256, (2 * n_pairs, verify.SIZE, verify.SIZE, 3), dtype=np.uint8)
+    a = np.arange(n_pairs)
+    start = time.perf_counter()
+    verify.pair_alignment(thumbs, a, a + n_pairs)
+    print(
+        f"grouping: alignment check of {n_pairs:,} linked pool pairs (5% of the pool), both "
+        f"ways: {time.perf_counter() - start:.1f} s (plus decoding {2 * n_pairs:,} images again)",
+        flush=True,
+    )
 
 
 def hash_candidates(rng, n_pool: int, n_codes: int, sample: int) -> None:

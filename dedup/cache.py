@@ -57,8 +57,11 @@ class HashCache:
 
 
 class EmbeddingCache:
-    def __init__(self, root: Path, model_key: str):
-        self.dir = Path(root) / "dedup" / "embeddings" / model_key
+    """Vectors by sha256 under POOL/dedup/<folder>/<key>: a network's features (embeddings) or
+    the copy descriptors of dedup/views.py (copy)."""
+
+    def __init__(self, root: Path, model_key: str, folder: str = "embeddings"):
+        self.dir = Path(root) / "dedup" / folder / model_key
 
     def load(self) -> dict[str, np.ndarray]:
         parts = sorted(self.dir.glob("part-*.npz"), key=os.path.getmtime)

@@ -1,13 +1,19 @@
 """Evaluation-set decontamination: which pool images match an evaluation image.
 
 Two stages. Candidates: the evaluation side is the small one, so it is augmented: each evaluation
-image is indexed as itself and as crops (removing 7% and 12% of each side, at the corners and
-centre), each also mirrored; a pool image is a candidate for an evaluation item when its hash is
-within CANDIDATE_RADIUS (inclusive) of one of the item's codes or its features reach
-`candidate_sim` against one of its features. Verification (dedup/verify.py): a candidate pair is
-a match when the pool image lines up with a crop window of the evaluation image, with an
-alignment score >= `verify_sim`, or >= `verify_sim_hash` when the hash is also within `radius`
-(two independent pieces of evidence). Same bytes or same pixels always match.
+image is indexed as itself, as crops (removing 10% and 20% of each side, at the corners and
+centre) and turned by ROTATIONS (the central part, without the corners the turn empties), each
+also mirrored. The pool side is normalised instead: each pool image is looked at whole and, when
+it has a plain frame (a border, letterbox bars, a page around a screenshot), as the picture
+inside it (dedup/views.py). A pool image is a candidate for an evaluation item when one of its
+views' copy descriptors (8x8 luminance) has the item among its COPY_TOP_ITEMS nearest items with
+similarity >= COPY_FLOOR, when its hash is within CANDIDATE_RADIUS (inclusive) of one of the
+item's codes, or when its features reach `candidate_sim` against one of the item's features.
+
+Verification (dedup/verify.py): a candidate pair is a match when a view of the pool image lines
+up with a window of the evaluation image (cropped, turned, mirrored), with an alignment score
+>= `verify_sim`, or >= `verify_sim_hash` when the hash is also within `radius` (two independent
+pieces of evidence). Same bytes or same pixels always match.
 """
 
 from __future__ import annotations
@@ -19,27 +25,30 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from dedup import binary_index, embeddings, verify
+from dedup import binary_index, embeddings, verify, views
 from dedup.evalset import EvalSet
 from dedup.hashing import HASH_KINDS, pixel_digest, to_codes
 from pool.images import resize_center_crop
 
 CROPS = [
-    (frac, fx, fy)
-    for frac in (0.07, 0.12)
-    for fx, fy in ((0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5))
+    (frac, fx, fy) for frac in (0.1, 0.2) for fx, fy in ((0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5))
 ]
+ROTATIONS = (-8.0, -4.0, 4.0, 8.0)  # degrees; verification searches its own finer angles
+ROTATION_KEEP = 0.86  # central share of a turned image's side that holds no emptied corner
 # Candidate and verification thresholds, chosen on the tuning split (even CIFAR-10 test indices,
 # even web-pool indices) of bench/dedup_quality.py; its report split is disjoint. The main
 # verification threshold is the user's option (DedupOptions.verify_sim).
 CANDIDATE_RADIUS = 8
 CANDIDATE_SIM = 0.85
+COPY_TOP_ITEMS = 2
+COPY_FLOOR = 0.7
+COPY_NEIGHBOURS = 32  # variants looked up per view, then reduced to items
 VERIFY_SIM_HASH = 0.93
 PAIR_CHUNK = 50_000
 
 
 def variants(img: Image.Image, crops: bool = True) -> list[Image.Image]:
-    """The image, its crops (when `crops`), and the mirror of each."""
+    """The image, its crops and turns (when `crops`), and the mirror of each."""
     out = [img]
     if crops:
         w, h = img.size
@@ -47,6 +56,11 @@ def variants(img: Image.Image, crops: bool = True) -> list[Image.Image]:
             cw, ch = round(w * (1 - frac)), round(h * (1 - frac))
             x, y = round((w - cw) * fx), round((h - ch) * fy)
             out.append(img.crop((x, y, x + cw, y + ch)))
+        big = img.resize((3 * w, 3 * h), Image.Resampling.BICUBIC)  # turn without blurring
+        mx, my = 3 * w * (1 - ROTATION_KEEP) / 2, 3 * h * (1 - ROTATION_KEEP) / 2
+        for angle in ROTATIONS:
+            turned = big.rotate(angle, Image.Resampling.BICUBIC)
+            out.append(turned.crop((mx, my, 3 * w - mx, 3 * h - my)))
     return out + [ImageOps.mirror(v) for v in out]
 
 
@@ -58,6 +72,7 @@ class EvalIndex:
     byte_sha: dict[str, int]
     pixel_sha: dict[str, int]
     codes: np.ndarray  # (M * V, 8) uint8
+    copy: np.ndarray  # (M * V, 64) float32 copy descriptors (dedup/views.py)
     features: np.ndarray | None  # (M * V, D) float32, raw extractor output (not normalised)
     per_item: int  # V: variants per item; rows of item i are i*V .. (i+1)*V-1
     thumbs: np.ndarray  # (M, 32, 32, 3) uint8 thumbnails for verification
@@ -73,7 +88,7 @@ def prepare(
     hash_fn = HASH_KINDS[hash_kind]
     size = getattr(extractor, "input_size", 32)
     byte_sha = {s: i for i, s in enumerate(evalset.byte_sha256) if s}
-    pixel_sha, hexes, thumbs, feats, own = {}, [], [], [], []
+    pixel_sha, hexes, thumbs, feats, own, copy = {}, [], [], [], [], []
     per_item = 0
     for i in tqdm(range(len(evalset)), disable=not progress, desc="evaluation set"):
         img = evalset.load(i)
@@ -82,6 +97,9 @@ def prepare(
         vs = variants(img, crops)
         per_item = len(vs)
         hexes.extend(str(hash_fn(v)) for v in vs)
+        copy.append(
+            views.copy_descriptor(np.stack([np.asarray(resize_center_crop(v, 32)) for v in vs]))
+        )
         if extractor is not None:
             thumbs.extend(np.asarray(resize_center_crop(v, size)) for v in vs)
             if len(thumbs) >= 4096:
@@ -90,8 +108,9 @@ def prepare(
     if extractor is not None and thumbs:
         feats.append(np.asarray(extractor(np.stack(thumbs)), np.float32))
     features = np.concatenate(feats) if feats else None
+    copy = np.concatenate(copy) if copy else np.zeros((0, views.COPY_GRID**2), np.float32)
     return EvalIndex(
-        evalset, byte_sha, pixel_sha, to_codes(hexes), features, per_item, np.stack(own)
+        evalset, byte_sha, pixel_sha, to_codes(hexes), copy, features, per_item, np.stack(own)
     )
 
 
@@ -102,6 +121,7 @@ class Overlap:
     hamming: int  # smallest Hamming distance to the item's variants
     similarity: float | None  # largest cosine similarity to the item's variants
     alignment: float | None  # verification score (dedup/verify.py)
+    how: str = ""  # the best view and window, e.g. "picture in a frame, crop 12%, mirrored"
 
 
 @dataclass
@@ -113,6 +133,8 @@ class Candidates:
     hamming: np.ndarray
     similarity: np.ndarray | None
     alignment: np.ndarray
+    view: np.ndarray  # the best view of the pool image (0 whole, 1 inside a frame, ...)
+    window: np.ndarray  # the best window (dedup/verify.py describe)
 
 
 def find_overlaps(
@@ -121,7 +143,8 @@ def find_overlaps(
     pixel_sha: list[str],
     codes: np.ndarray,
     features: np.ndarray | None,
-    load_thumbs: Callable[[np.ndarray], np.ndarray],
+    copy: np.ndarray,
+    load_views: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     radius: int,
     verify_sim: float,
     verify_sim_hash: float = VERIFY_SIM_HASH,
@@ -131,14 +154,12 @@ def find_overlaps(
 ) -> tuple[dict[int, Overlap], Candidates]:
     """{pool row: Overlap} for every pool image that matches an evaluation item, and the
     candidates that were checked. `features` (pool) and `index.features` must be normalised
-    the same way; `load_thumbs(rows)` returns the pool rows' 32x32 uint8 thumbnails."""
-    rows, items = _candidate_pairs(index, codes, features, candidate_sim, method, progress)
+    the same way; `copy` holds each pool row's view_descriptors (dedup/views.py);
+    `load_views(rows)` returns the 32x32 uint8 thumbnails of the rows' views and, for each, its
+    position in `rows`."""
+    rows, items = _candidate_pairs(index, codes, features, copy, candidate_sim, method, progress)
     ham, sim = _pair_scores(index, codes, features, rows, items)
-    need = np.unique(rows)
-    local = np.searchsorted(need, rows)
-    align = verify.alignment(
-        load_thumbs(need), index.thumbs, local, items, progress, "verify overlap candidates"
-    )
+    align, view, window = _best_view_alignment(index, rows, items, load_views, progress)
     accept = (align >= verify_sim) | ((ham <= radius) & (align >= verify_sim_hash))
     out: dict[int, Overlap] = {}
     order = np.argsort(-align, kind="stable")
@@ -146,7 +167,14 @@ def find_overlaps(
         row = int(rows[k])
         if row not in out:  # the best-aligned accepted item
             similarity = float(sim[k]) if sim is not None else None
-            out[row] = Overlap(int(items[k]), "aligned", int(ham[k]), similarity, float(align[k]))
+            out[row] = Overlap(
+                int(items[k]),
+                "aligned",
+                int(ham[k]),
+                similarity,
+                float(align[k]),
+                describe(int(view[k]), int(window[k])),
+            )
     for row, (pixels, data) in enumerate(zip(pixel_sha, byte_sha, strict=True)):
         item, reason = index.byte_sha.get(data), "exact-bytes"
         if item is None:
@@ -154,12 +182,83 @@ def find_overlaps(
         if item is not None:
             h, s = _pair_scores(index, codes, features, np.array([row]), np.array([item]))
             out[row] = Overlap(item, reason, int(h[0]), None if s is None else float(s[0]), None)
-    return out, Candidates(rows, items, ham, sim, align)
+    return out, Candidates(rows, items, ham, sim, align, view, window)
 
 
-def _candidate_pairs(index, codes, features, candidate_sim, method, progress=False):
-    """Unique (pool row, evaluation item) pairs from the loose hash radius and similarity."""
+def _best_view_alignment(index, rows, items, load_views, progress):
+    """Alignment of each (pool row, item) pair, the best over the row's views, and what the
+    best view and window say about the copy (dedup/verify.py describe)."""
+    need = np.unique(rows)
+    thumbs, owner = load_views(need)
+    # every view of each candidate row against each of the row's items
+    first = np.searchsorted(owner, np.arange(len(need)))
+    count = np.bincount(owner, minlength=len(need))
+    local = np.searchsorted(need, rows)
+    pair = np.repeat(np.arange(len(rows)), count[local])
+    rank = _ranks_within(count[local])
+    score, window = verify.alignment(
+        thumbs,
+        index.thumbs,
+        first[local].repeat(count[local]) + rank,
+        items[pair],
+        progress,
+        "verify overlap candidates",
+        with_window=True,
+    )
+    order = np.lexsort((score, pair))
+    last = np.append(pair[order][1:] != pair[order][:-1], True)  # each pair's best view
+    top = order[last]
+    return score[top], rank[top], window[top]
+
+
+def describe(view: int, window: int) -> str:
+    """The best view and window of a verified pair in words."""
+    frame = ["", "picture in a frame, ", "picture in a frame in a frame, "][view]
+    return frame + verify.describe(window)
+
+
+def _ranks_within(counts: np.ndarray) -> np.ndarray:
+    """0..c-1 for each c in counts, concatenated."""
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(int(counts.sum())) - starts
+
+
+def _copy_candidates(index, copy, progress=False):
+    """(pool row, item) pairs: each view's COPY_TOP_ITEMS most similar items, similarity at
+    least COPY_FLOOR (views a pool image lacks are zero vectors, not searched)."""
+    per_view = copy.reshape(-1, views.COPY_GRID**2)
+    present = np.nonzero(np.abs(per_view).sum(1) > 0)[0]  # views the image has
+    found = embeddings.similar(
+        index.copy,
+        per_view[present],
+        COPY_FLOOR,
+        k=COPY_NEIGHBOURS,
+        progress=progress,
+        desc="overlap copies",
+    )
+    item = found.db // index.per_item
+    row = present[found.query] // views.VIEWS
+    # best similarity per (row, item), then the top items of each row
+    order = np.lexsort((-found.sim, item, row))
+    row, item, sim = row[order], item[order], found.sim[order]
+    first = np.ones(len(row), bool)
+    first[1:] = (row[1:] != row[:-1]) | (item[1:] != item[:-1])
+    row, item, sim = row[first], item[first], sim[first]
+    order = np.lexsort((-sim, row))
+    row, item = row[order], item[order]
+    start = np.searchsorted(row, row, side="left")
+    keep = np.arange(len(row)) - start < COPY_TOP_ITEMS
+    return row[keep], item[keep]
+
+
+def _candidate_pairs(index, codes, features, copy, candidate_sim, method, progress=False):
+    """Unique (pool row, evaluation item) pairs from the copy descriptors' nearest items, the
+    loose hash radius and the feature similarity."""
     rows, items = [], []
+    if len(copy):
+        row, item = _copy_candidates(index, copy, progress)
+        rows.append(row)
+        items.append(item)
     if features is not None and index.features is not None:
         found = embeddings.similar(
             index.features, features, candidate_sim, progress=progress, desc="overlap features"

@@ -36,7 +36,7 @@ class DedupOptions(BaseModel, extra="forbid"):
         json_schema_extra={"flag": "--sim", "metavar": "S"},
     )
     verify_sim: float = Field(
-        0.97,
+        0.93,
         ge=-1,
         le=1,
         description="alignment score (inclusive) that an evaluation-overlap candidate or a "
@@ -59,6 +59,6 @@ class DedupOptions(BaseModel, extra="forbid"):
     )
     eval_crops: bool = Field(
         True,
-        description="also index crops of each evaluation image, so cropped copies in the pool "
-        "become candidates",
+        description="also index crops and small turns of each evaluation image, so cropped and "
+        "rotated copies in the pool become candidates by hash and copy descriptor",
     )

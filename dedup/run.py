@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from dedup import binary_index, decontaminate, embeddings, grouping, verify
+from dedup import binary_index, decontaminate, embeddings, grouping, verify, views
 from dedup.cache import EmbeddingCache, HashCache
 from dedup.errors import DedupError
 from dedup.evalset import load_eval_set
@@ -34,6 +34,8 @@ from pool.store import Pool
 
 BATCH = 2048
 CENTRE_MIN_IMAGES = 64  # smaller pools: features are compared uncentred
+COPY_KEY = "copy-views-v2"  # cache of dedup/views.py view_descriptors
+COPY_DIM = views.VIEWS * views.COPY_GRID**2
 FIELDS = {f.name: f for f in manifest.CORE_FIELDS + manifest.OPTIONAL_FIELDS}
 
 
@@ -94,12 +96,14 @@ def dedup_pool(
         "features_centred_on": None,
         "candidate_radius": decontaminate.CANDIDATE_RADIUS,
         "candidate_sim": decontaminate.CANDIDATE_SIM if extractor is not None else None,
+        "copy_top_items": decontaminate.COPY_TOP_ITEMS,
+        "copy_floor": decontaminate.COPY_FLOOR,
         "verify_sim": verify_sim,
         "verify_sim_with_hash": min(verify_sim, decontaminate.VERIFY_SIM_HASH),
         "embedding_duplicates_verified": extractor is not None,
     }
 
-    hashes, features, failed = _compute(pool, scope, extractor, model_key, progress, result)
+    hashes, features, copies, failed = _compute(pool, scope, extractor, model_key, progress, result)
     ok = [i for i, s in enumerate(shas) if s not in failed]
     shas = [shas[i] for i in ok]
     info = {c: scope[c].take(ok) for c in ("width", "height", "fetched_at", "bytes")}
@@ -117,10 +121,14 @@ def dedup_pool(
             f"mean of {len(feats)} pool images" if mean.any() else None
         )
 
+    copy = np.stack([copies[s] for s in shas]) if shas else np.zeros((0, COPY_DIM), np.float32)
     paths = scope["path"].take(ok).to_pylist()
 
     def load_thumbs(rows):
         return _thumbnails(pool, [paths[r] for r in rows], progress)
+
+    def load_views(rows):
+        return _view_thumbnails(pool, [paths[r] for r in rows], progress)
 
     overlaps: dict[int, decontaminate.Overlap] = {}
     if evalset is not None:
@@ -134,7 +142,8 @@ def dedup_pool(
             pixels,
             codes,
             feats,
-            load_thumbs,
+            copy,
+            load_views,
             radius,
             verify_sim=verify_sim,
             verify_sim_hash=min(verify_sim, decontaminate.VERIFY_SIM_HASH),
@@ -149,7 +158,8 @@ def dedup_pool(
     a, b, checked = _edges(
         rest, codes, mirrors, pixels, feats, radius, sim, verify_sim, method, load_thumbs, progress
     )
-    aligned = {pair: score for pair, score in checked.items() if score >= verify_sim}
+    linked = set(zip(rest[a].tolist(), rest[b].tolist(), strict=True))
+    aligned = {pair: score for pair, score in checked.items() if pair in linked}
     result.embedding_edges = {"checked": len(checked), "confirmed": len(aligned)}
     labels = grouping.components(len(rest), a, b)
     area = (
@@ -175,7 +185,7 @@ def dedup_pool(
             "eval_similarity": ov.similarity,
             "status_reason": ov.reason
             if ov.alignment is None
-            else f"{ov.reason} {ov.alignment:.4f}",
+            else f"{ov.reason} {ov.alignment:.4f} ({ov.how})",
         }
         result.overlaps[shas[row]] = evalset.ids[ov.eval_item]
     for sha, reason in failed.items():
@@ -210,12 +220,13 @@ def _duplicate_row(member, leader, shas, codes, mirrors, pixels, feats, radius, 
         )
     )
     similarity = float(feats[member] @ feats[leader]) if feats is not None else None
+    pair = (min(member, leader), max(member, leader))
     if pixels[member] == pixels[leader]:
         reason = "exact-pixels"
-    elif ham <= radius:
-        reason = "hash"
-    elif (min(member, leader), max(member, leader)) in aligned:
-        reason = f"embedding {aligned[min(member, leader), max(member, leader)]:.4f}"
+    elif pair in aligned and ham <= radius:
+        reason = f"hash {ham}, aligned {aligned[pair]:.4f}"
+    elif pair in aligned:
+        reason = f"embedding {aligned[pair]:.4f}"
     else:
         reason = "chain"  # linked to the representative through other group members
     return {
@@ -231,39 +242,52 @@ def _duplicate_row(member, leader, shas, codes, mirrors, pixels, feats, radius, 
 def _edges(
     rest, codes, mirrors, pixels, feats, radius, sim, verify_sim, method, load_thumbs, progress
 ):
-    """Match-graph edges (positions in `rest`): same pixels, hash within radius, and similar
-    features that the alignment check confirms; plus {(row, row): alignment} of every feature
-    pair checked (rows of the whole scope, smaller first).
+    """Match-graph edges (positions in `rest`): same pixels; hashes within the radius that the
+    alignment check confirms (>= VERIFY_SIM_HASH: two pieces of evidence); similar features
+    that it confirms (>= verify_sim). Also {(row, row): alignment} of every pair checked (rows
+    of the whole scope, smaller first).
 
-    Features alone never link two images: a teacher's pooled features can put unrelated images
-    at similarity >= 0.97 (bench/dedup_quality.py --teacher-similarity). A feature pair is
-    checked only when hashes and pixels have not already put both images in one group.
+    Neither hashes nor features alone link two images: a teacher's pooled features can put
+    unrelated images at similarity >= 0.97 (bench/dedup_quality.py --teacher-similarity), and
+    pHash puts distinct simple drawings within a few bits (circles of different colours in the
+    demo's world). A pair is checked only when same pixels have not already joined it.
     """
     empty = np.empty(0, np.int64)
     if len(rest) == 0:
         return empty, empty, {}
-    found = binary_index.near_pairs(codes[rest], mirrors[rest], radius, method, progress=progress)
     first_with: dict[str, int] = {}
     same = [(first_with.setdefault(pixels[r], k), k) for k, r in enumerate(rest.tolist())]
     same = np.array([p for p in same if p[0] != p[1]], dtype=np.int64).reshape(-1, 2)
-    a = np.concatenate([found.query, same[:, 0]])
-    b = np.concatenate([found.db, same[:, 1]])
-    if feats is None:
-        return a, b, {}
-    close = embeddings.similar(feats[rest], feats[rest], sim, progress=progress)
-    pairs = np.sort(np.stack([close.query, close.db], 1), axis=1)
-    pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
-    labels = grouping.components(len(rest), a, b)
-    pairs = pairs[labels[pairs[:, 0]] != labels[pairs[:, 1]]]
-    need = np.unique(pairs)
-    local = np.searchsorted(need, pairs)
-    score = verify.pair_alignment(load_thumbs(rest[need]), local[:, 0], local[:, 1], progress)
-    ok = score >= verify_sim
+    found = binary_index.near_pairs(codes[rest], mirrors[rest], radius, method, progress=progress)
+    candidates = [np.stack([found.query, found.db], 1)]
+    needed = [np.full(len(found.query), min(verify_sim, decontaminate.VERIFY_SIM_HASH))]
+    if feats is not None:
+        close = embeddings.similar(feats[rest], feats[rest], sim, progress=progress)
+        candidates.append(np.stack([close.query, close.db], 1))
+        needed.append(np.full(len(close.query), verify_sim))
+    pairs, need = np.concatenate(candidates).astype(np.int64), np.concatenate(needed)
+    pairs = np.sort(pairs, axis=1)
+    distinct = pairs[:, 0] != pairs[:, 1]
+    pairs, need = pairs[distinct], need[distinct]
+    order = np.lexsort((need, pairs[:, 1], pairs[:, 0]))  # the lower threshold first
+    pairs, need = pairs[order], need[order]
+    first = np.ones(len(pairs), bool)
+    first[1:] = (pairs[1:] != pairs[:-1]).any(1)
+    pairs, need = pairs[first], need[first]
+    labels = grouping.components(len(rest), same[:, 0], same[:, 1])
+    apart = labels[pairs[:, 0]] != labels[pairs[:, 1]]
+    pairs, need = pairs[apart], need[apart]
+    rows = np.unique(pairs)
+    local = np.searchsorted(rows, pairs)
+    score = verify.pair_alignment(load_thumbs(rest[rows]), local[:, 0], local[:, 1], progress)
+    ok = score >= need
     checked = {
         (int(rest[i]), int(rest[j])): float(v)
         for (i, j), v in zip(pairs.tolist(), score.tolist(), strict=True)
     }
-    return np.concatenate([a, pairs[ok, 0]]), np.concatenate([b, pairs[ok, 1]]), checked
+    a = np.concatenate([same[:, 0], pairs[ok, 0]])
+    b = np.concatenate([same[:, 1], pairs[ok, 1]])
+    return a, b, checked
 
 
 def _compute(pool, scope, extractor, model_key, progress, result):
@@ -272,11 +296,13 @@ def _compute(pool, scope, extractor, model_key, progress, result):
     hashes = hash_cache.load()
     emb_cache = EmbeddingCache(pool.root, model_key) if extractor is not None else None
     features = emb_cache.load() if emb_cache is not None else {}
+    copy_cache = EmbeddingCache(pool.root, COPY_KEY, folder="copy")
+    copies = copy_cache.load()
     size = getattr(extractor, "input_size", 32)
     todo = [
         (s, p)
         for s, p in zip(scope["sha256"].to_pylist(), scope["path"].to_pylist(), strict=True)
-        if s not in hashes or (extractor is not None and s not in features)
+        if s not in hashes or s not in copies or (extractor is not None and s not in features)
     ]
     failed: dict[str, str] = {}
 
@@ -286,21 +312,24 @@ def _compute(pool, scope, extractor, model_key, progress, result):
             img = decode_rgb(pool.read_bytes(path))
             img.load()
         except Exception as exc:
-            return sha, None, None, f"undecodable: {type(exc).__name__}: {exc}"[:200]
+            return sha, None, None, None, f"undecodable: {type(exc).__name__}: {exc}"[:200]
         hashed = hashes.get(sha) or image_hashes(img)
+        copy = copies[sha] if sha in copies else views.view_descriptors(img)
         thumb = np.asarray(resize_center_crop(img, size)) if extractor is not None else None
-        return sha, hashed, thumb, None
+        return sha, hashed, copy, thumb, None
 
     bar = tqdm(total=len(todo), disable=not progress or not todo, desc="hash + embed", unit="image")
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
         for start in range(0, len(todo), BATCH):
-            new_hashes, thumbs = {}, {}
-            for sha, hashed, thumb, error in ex.map(work, todo[start : start + BATCH]):
+            new_hashes, new_copies, thumbs = {}, {}, {}
+            for sha, hashed, copy, thumb, error in ex.map(work, todo[start : start + BATCH]):
                 if error:
                     failed[sha] = error
                     continue
                 if sha not in hashes:
                     new_hashes[sha] = hashed
+                if sha not in copies:
+                    new_copies[sha] = copy
                 if thumb is not None and sha not in features:
                     thumbs[sha] = thumb
             new_features = {}
@@ -313,6 +342,8 @@ def _compute(pool, scope, extractor, model_key, progress, result):
                     )
                 new_features = dict(zip(thumbs, out, strict=True))
             hash_cache.append(new_hashes)
+            copy_cache.append(new_copies)
+            copies.update(new_copies)
             if emb_cache is not None:
                 emb_cache.append(new_features)
             hashes.update(new_hashes)
@@ -320,7 +351,26 @@ def _compute(pool, scope, extractor, model_key, progress, result):
             result.hashed += len(new_hashes)
             bar.update(min(BATCH, len(todo) - start))
     bar.close()
-    return hashes, features, failed
+    return hashes, features, copies, failed
+
+
+def _view_thumbnails(pool: Pool, paths: list[str], progress: bool = False):
+    """Thumbnails of every view of each pool image (dedup/views.py) and, per thumbnail, the
+    position in `paths` of its image."""
+
+    def load(path):
+        return views.thumbnails(decode_rgb(pool.read_bytes(path)), verify.SIZE)
+
+    thumbs, owner = [], []
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
+        loaded = ex.map(load, paths)
+        bar = tqdm(loaded, total=len(paths), disable=not progress, desc="thumbnails to verify")
+        for k, views_of_image in enumerate(bar):
+            thumbs.extend(views_of_image)
+            owner.extend([k] * len(views_of_image))
+    if not thumbs:
+        return np.zeros((0, verify.SIZE, verify.SIZE, 3), np.uint8), np.zeros(0, np.int64)
+    return np.stack(thumbs), np.array(owner, np.int64)
 
 
 def _thumbnails(pool: Pool, paths: list[str], progress: bool = False) -> np.ndarray:

@@ -1,29 +1,42 @@
 """Second-stage check of a candidate match: does the pool image line up with a crop of the
-evaluation image?
+evaluation image, turned by a small angle, mirrored or not?
 
-Hashes and 8x8 thumbnails cannot tell a 10% crop of an image from an unrelated image with a
-similar layout (bench/dedup_quality.py). Candidates from a loose hash radius or similarity are
-therefore confirmed here: the pool image's whole 32x32 thumbnail is compared with every square
-window of the evaluation image's 32x32 thumbnail whose side is 27 to 32 pixels (all integer
-offsets: 91 windows, crops removing up to 5/32 of each side), and with the same windows of its
-mirror. Each window and the pool thumbnail are resampled to GRID x GRID colour (RoIAlign: an
-area-like average), mean removed and scaled to unit length; the score is the largest correlation
-over the 182 windows. Unrelated images rarely exceed 0.96; copies that are resized, re-encoded,
-flipped, cropped up to 15% or colour-jittered score above 0.98 (bench/dedup_quality.py).
+Hashes and thumbnail features cannot tell a copy from an unrelated image with a similar layout
+(bench/dedup_quality.py), so every candidate is confirmed here. The pool image's 32x32
+thumbnail (or the thumbnail of the picture inside its frame, dedup/views.py) is compared with
+square windows of the evaluation image's thumbnail: sides MIN_SIDE..32 px at every integer
+offset (crops removing up to 22% of a side), each turned by every angle in ANGLES and mirrored.
+Both sides are sampled on a GRID x GRID grid over the central INNER share of the window (so the
+fill a rotation leaves in the corners is not compared), in luminance after a 3x3 blur (so
+grayscale and colour-shifted copies compare like the original); each sample vector is made
+zero-mean and unit length.
 
-The same check confirms embedding edges between two pool images (`pair_alignment`), where
-either image may be the crop of the other.
+The score is a trimmed correlation at the best window: the TRIM share of samples that differ
+most (a caption, a logo, a watermark's letters) is left out and the correlation recomputed.
+Copies under the edits of bench/web_edits.py score above 0.9; unrelated images rarely do.
+The threshold is the user's option (DedupOptions.verify_sim).
+
+The same check confirms links between two pool images (`pair_alignment`), either of which may
+be the crop of the other.
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import numpy as np
 from tqdm import tqdm
 
 SIZE = 32  # thumbnails are SIZE x SIZE (pool.images.resize_center_crop)
-GRID = 12  # descriptor resolution; chosen on the tuning split of bench/dedup_quality.py
-MIN_SIDE = 27  # smallest crop window side on the SIZE grid
-ITEMS_PER_CHUNK = 256  # evaluation items whose window descriptors are held at once (~80 MB)
+GRID = 12  # samples per side of a window
+INNER = 0.84  # share of each window side that is sampled
+MIN_SIDE = 25  # smallest window side on the SIZE grid
+PAIR_MIN_SIDE = 27  # the same for two pool images (pair_alignment)
+ANGLES = (-10.0, -5.0, 0.0, 5.0, 10.0)  # degrees
+MIN_CHROMA = 0.01  # colour-difference spread below which an image counts as grayscale
+TRIM = 0.15  # share of samples left out of the final correlation
+ITEMS_PER_CHUNK = 64  # evaluation items whose window descriptors are held at once
 
 
 def _device():
@@ -32,41 +45,104 @@ def _device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _windows():
-    """(W, 4) boxes x0, y0, x1, y1 of every square window with side MIN_SIDE..SIZE."""
+def _sample_points(boxes: list[tuple[float, float, float]], device):
+    """(len(boxes), GRID*GRID, 2) grid_sample coordinates of each (centre x, centre y, side,
+    angle) window: a GRID x GRID lattice over its central INNER share, turned by the angle."""
     import torch
 
-    boxes = [
-        (x, y, x + side, y + side)
-        for side in range(SIZE, MIN_SIDE - 1, -1)
+    steps = (torch.arange(GRID, dtype=torch.float32) + 0.5) / GRID * 2 - 1
+    v, u = torch.meshgrid(steps, steps, indexing="ij")
+    lattice = torch.stack([u.flatten(), v.flatten()], 1)  # (G, 2) in [-1, 1]
+    b = torch.tensor(boxes, dtype=torch.float32)
+    cx, cy, half, angle = b[:, 0:1], b[:, 1:2], b[:, 2:3] * INNER / 2, b[:, 3:4] * math.pi / 180
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    x = cx + half * (cos * lattice[:, 0] - sin * lattice[:, 1])
+    y = cy + half * (sin * lattice[:, 0] + cos * lattice[:, 1])
+    return (torch.stack([x, y], 2) / SIZE * 2 - 1).to(device)  # pixel -> [-1, 1] (corners)
+
+
+@functools.cache
+def _boxes(min_side: int, angles: tuple[float, ...]) -> list[tuple[float, float, int, float]]:
+    """(centre x, centre y, side, angle) of every window searched."""
+    return [
+        (x + side / 2, y + side / 2, side, angle)
+        for angle in angles
+        for side in range(SIZE, min_side - 1, -1)
         for y in range(SIZE - side + 1)
         for x in range(SIZE - side + 1)
     ]
-    return torch.tensor(boxes, dtype=torch.float32)
 
 
-def _descriptors(thumbs, boxes):
-    """RoIAlign each box of each image (boxes: (N*B, 4), B per image) to GRID x GRID, then
-    mean-removed unit vectors, shape (N, B, 3 * GRID * GRID)."""
+def describe(window: int, min_side: int = MIN_SIDE, angles: tuple[float, ...] = ANGLES) -> str:
+    """What the best window of `alignment(..., with_window=True)` says about the copy, e.g.
+    "crop 12%, turned 5 deg, mirrored" ("whole" when it is the whole image, as it is)."""
+    boxes = _boxes(min_side, angles)
+    cx, cy, side, angle = boxes[window % len(boxes)]
+    parts = []
+    if side < SIZE:
+        parts.append(f"crop {1 - side / SIZE:.0%}")
+    if angle:
+        parts.append(f"turned {angle:+g} deg")
+    if window >= len(boxes):
+        parts.append("mirrored")
+    return ", ".join(parts) or "whole"
+
+
+def _luma(thumbs, device):
+    """uint8 (N, SIZE, SIZE, 3) -> blurred luminance (N, 1, SIZE, SIZE) in [0, 1]."""
     import torch
-    from torchvision.ops import roi_align
 
-    n = len(thumbs)
-    per = len(boxes) // max(n, 1)
-    owner = torch.arange(n, device=thumbs.device).repeat_interleave(per)[:, None].float()
-    crops = roi_align(thumbs, torch.cat([owner, boxes], 1), GRID, aligned=True)
-    flat = crops.flatten(1)
-    flat = flat - flat.mean(1, keepdim=True)
-    return torch.nn.functional.normalize(flat, dim=1, eps=1e-6).view(n, per, -1)
-
-
-def _as_tensor(thumbs: np.ndarray, device):
-    import torch
-
-    if thumbs.shape[1:] != (SIZE, SIZE, 3) or thumbs.dtype != np.uint8:
+    if thumbs.ndim != 4 or thumbs.shape[1:] != (SIZE, SIZE, 3) or thumbs.dtype != np.uint8:
         raise ValueError(f"thumbnails must be uint8 (N, {SIZE}, {SIZE}, 3), got {thumbs.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(thumbs)).to(device)
-    return x.permute(0, 3, 1, 2).float() / 255.0
+    x = torch.from_numpy(np.ascontiguousarray(thumbs)).to(device).float() / 255.0
+    x = torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=False)
+    y = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    gx = torch.nn.functional.pad(y[..., :, 2:] - y[..., :, :-2], (1, 1, 0, 0), mode="replicate")
+    gy = torch.nn.functional.pad(y[..., 2:, :] - y[..., :-2, :], (0, 0, 1, 1), mode="replicate")
+    return torch.cat([y, (gx.square() + gy.square()).sqrt(), x[:, 2:3] - y, x[:, 0:1] - y], 1)
+
+
+def _unit(v):
+    import torch
+
+    v = v - v.mean(-1, keepdim=True)
+    return torch.nn.functional.normalize(v, dim=-1, eps=1e-6)
+
+
+def _sample(images, points):
+    """images (N, 4, S, S), points (N, K, G, 2) -> descriptors (N, K, 4, G): luminance, edge
+    strength and the two colour differences, each zero-mean; luminance and edges unit length,
+    the colour pair jointly unit length, or zero where the image has no colour (grayscale)."""
+    import torch
+
+    out = torch.nn.functional.grid_sample(images, points, align_corners=False)
+    out = out.permute(0, 2, 1, 3)  # (N, K, 4, G)
+    out = out - out.mean(-1, keepdim=True)
+    grey = out[:, :, 2:].flatten(2).std(-1, keepdim=True) < MIN_CHROMA
+    colour = torch.nn.functional.normalize(out[:, :, 2:].flatten(2), dim=-1, eps=1e-6)
+    colour = colour.masked_fill(grey, 0).view_as(out[:, :, 2:])
+    return torch.cat([_unit(out[:, :, :2]), colour], 2)
+
+
+def _score(pool, window):
+    """Trimmed correlation of (n, 4, G) descriptor pairs: the TRIM share of grid points where
+    the two differ most over all parts (where a caption, logo or watermark sits) is left out,
+    then the mean of the parts' correlations on the rest; the colour part counts when both
+    images have colour."""
+    import torch
+
+    g = pool.shape[-1]
+    residual = (pool - window).abs().sum(1)  # (n, G)
+    idx = residual.topk(g - int(TRIM * g), dim=-1, largest=False).indices
+    idx = idx[:, None].expand(-1, pool.shape[1], -1)
+    # float64: a near-perfect copy must not round up to a score of 1
+    p, w = pool.gather(-1, idx).double(), window.gather(-1, idx).double()
+    luma_edge = (_unit(p[:, :2]) * _unit(w[:, :2])).sum(2)  # (n, 2)
+    cp = torch.nn.functional.normalize(p[:, 2:] - p[:, 2:].mean(-1, keepdim=True), dim=(1, 2))
+    cw = torch.nn.functional.normalize(w[:, 2:] - w[:, 2:].mean(-1, keepdim=True), dim=(1, 2))
+    has_colour = (pool[:, 2:].abs().sum((1, 2)) > 0) & (window[:, 2:].abs().sum((1, 2)) > 0)
+    colour = (cp * cw).sum((1, 2))
+    return (luma_edge.sum(1) + colour * has_colour) / (2 + has_colour.double())
 
 
 def alignment(
@@ -76,44 +152,58 @@ def alignment(
     eval_rows: np.ndarray,
     progress: bool = False,
     label: str = "verify",
-) -> np.ndarray:
-    """Alignment score of each pair (pool_thumbs[pool_rows[k]], eval_thumbs[eval_rows[k]])."""
+    min_side: int = MIN_SIDE,
+    angles: tuple[float, ...] = ANGLES,
+    with_window: bool = False,
+):
+    """Alignment score of each pair (pool_thumbs[pool_rows[k]], eval_thumbs[eval_rows[k]]),
+    searching windows of side >= `min_side` turned by each of `angles`; with `with_window`,
+    also the index of each pair's best window (for `describe`)."""
     import torch
 
     out = np.zeros(len(pool_rows), np.float32)
+    best_window = np.zeros(len(pool_rows), np.int64)
     if len(pool_rows) == 0:
-        return out
+        return (out, best_window) if with_window else out
     device = _device()
     bar = tqdm(total=len(pool_rows), disable=not progress, desc=label, unit="pair")
     with torch.inference_mode(), bar:
-        whole = torch.tensor([[0, 0, SIZE, SIZE]], dtype=torch.float32, device=device)
-        pool = _as_tensor(pool_thumbs, device)
-        pool_desc = _descriptors(pool, whole.repeat(len(pool), 1))[:, 0]
-        windows = _windows().to(device)
-        items = np.unique(eval_rows)
-        for start in range(0, len(items), ITEMS_PER_CHUNK):
-            chunk = items[start : start + ITEMS_PER_CHUNK]
-            ev = _as_tensor(eval_thumbs[chunk], device)
+        centre = _sample_points([(SIZE / 2, SIZE / 2, SIZE, 0.0)], device)
+        need = np.unique(pool_rows)
+        pool = _luma(pool_thumbs[need], device)
+        pool_desc = _sample(pool, centre.expand(len(need), -1, -1)[:, None])[:, 0]  # (n, 4, G)
+        windows = _sample_points(_boxes(min_side, angles), device)
+        order = np.argsort(eval_rows, kind="stable")
+        items, starts = np.unique(eval_rows[order], return_index=True)
+        bounds = np.append(starts, len(order))
+        for c in range(0, len(items), ITEMS_PER_CHUNK):
+            chunk = items[c : c + ITEMS_PER_CHUNK]
+            ev = _luma(eval_thumbs[chunk], device)
             ev = torch.cat([ev, ev.flip(3)])  # the mirrors follow the originals
-            desc = _descriptors(ev, windows.repeat(len(ev), 1))
-            desc = torch.cat([desc[: len(chunk)], desc[len(chunk) :]], 1)  # (items, 2W, D)
-            sel = np.nonzero(np.isin(eval_rows, chunk))[0]
-            slot = torch.from_numpy(np.searchsorted(chunk, eval_rows[sel])).to(device)
-            rows = torch.from_numpy(pool_rows[sel]).to(device)
-            for s in range(0, len(sel), 4096):  # bounded memory: 4096 x 182 x 432 floats
-                e = desc[slot[s : s + 4096]]
-                p = pool_desc[rows[s : s + 4096]]
-                out[sel[s : s + 4096]] = torch.einsum("nwd,nd->nw", e, p).amax(1).cpu().numpy()
-                bar.update(len(e))
-    return out
+            desc = _sample(ev, windows.expand(len(ev), -1, -1, -1))
+            desc = torch.cat([desc[: len(chunk)], desc[len(chunk) :]], 1)  # (items, 2K, 4, G)
+            for k in range(len(chunk)):
+                sel = order[bounds[c + k] : bounds[c + k + 1]]
+                rows = torch.from_numpy(np.searchsorted(need, pool_rows[sel])).to(device)
+                p = pool_desc[rows]  # (m, G)
+                best = (p.flatten(1) @ desc[k].flatten(1).T).argmax(1)  # best window per pair
+                out[sel] = _score(p, desc[k][best]).cpu().numpy()
+                best_window[sel] = best.cpu().numpy()
+                bar.update(len(sel))
+    return (out, best_window) if with_window else out
 
 
 def pair_alignment(
     thumbs: np.ndarray, a: np.ndarray, b: np.ndarray, progress: bool = False
 ) -> np.ndarray:
     """Alignment of each pair of images (thumbs[a[k]], thumbs[b[k]]) of one set, in both
-    directions (either may be the cropped one): the larger of the two scores."""
+    directions (either may be the cropped one): the larger of the two scores.
+
+    Pool duplicates are linked by a close hash or feature, so they differ by small crops only:
+    windows of side >= PAIR_MIN_SIDE, not turned (about 20 times less work per image than an
+    evaluation check, which matters when 10^5 linked pairs are checked)."""
+    kw = {"min_side": PAIR_MIN_SIDE, "angles": (0.0,)}
     return np.maximum(
-        alignment(thumbs, thumbs, a, b, progress, "verify duplicates (1/2)"),
-        alignment(thumbs, thumbs, b, a, progress, "verify duplicates (2/2)"),
+        alignment(thumbs, thumbs, a, b, progress, "verify duplicates (1/2)", **kw),
+        alignment(thumbs, thumbs, b, a, progress, "verify duplicates (2/2)", **kw),
     )

@@ -122,27 +122,30 @@ def test_index_method_is_the_one_searched_and_exact_ones_agree(pool):
 def test_verify_sim_and_eval_crops_decide_what_overlaps(pool, tmp_path):
     originals = [textured(700 + k) for k in range(3)]
     np.savez(tmp_path / "eval.npz", x=np.stack([np.asarray(o) for o in originals]))
-    # a 10% crop: its hash is 24 bits from the original's and 6 from the nearest evaluation
-    # crop, so only the crops make it a candidate, and the hash (radius 4) does not confirm it
+    # a 10% crop of an evaluation image
     shas = add(pool, {"crop.png": encode(crop(originals[0], 0.1, 0.1, 0.9))})
     evaluation = tmp_path / "eval.npz"
 
     default = run_dedup(pool.root, HASHES_ONLY, eval_set=evaluation)
     assert statuses(pool)[shas["crop.png"]] == "test_overlap"
-    assert default["settings"]["eval_variants_per_item"] == 22
+    assert default["settings"]["eval_variants_per_item"] == 30
     assert default["eval_candidates"]["pool_images_matched"] == 1
 
+    # verification must score 1 (or the hash be identical and verification >= 0.93)
     strict = run_dedup(
-        pool.root, DedupOptions(embeddings=False, verify_sim=1.0), eval_set=evaluation
+        pool.root, DedupOptions(embeddings=False, radius=0, verify_sim=1.0), eval_set=evaluation
     )
-    assert strict["counts"] == {"kept": 1} and strict["settings"]["verify_sim"] == 1.0
+    row = next(r for r in pool.manifest().to_pylist() if r["sha256"] == shas["crop.png"])
+    assert strict["settings"]["verify_sim"] == 1.0
+    assert strict["counts"] == {"kept": 1} or row["eval_hamming"] == 0
 
+    # without the crops and turns, the copy descriptor's nearest items still make it a
+    # candidate, and verification searches crops itself
     no_crops = run_dedup(
         pool.root, DedupOptions(embeddings=False, eval_crops=False), eval_set=evaluation
     )
-    assert no_crops["counts"] == {"kept": 1}
+    assert no_crops["counts"] == {"test_overlap": 1}
     assert no_crops["settings"]["eval_variants_per_item"] == 2  # the image and its mirror
-    assert no_crops["eval_candidates"]["checked"] == 0
 
 
 def test_embeddings_network_and_similarity(pool):

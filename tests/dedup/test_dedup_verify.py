@@ -63,10 +63,13 @@ def test_verification_decides_which_candidates_become_overlaps(tmp_path):
     cand = result.candidates
     assert len(cand.row) >= 2 and cand.alignment.max() < 1.0
 
-    # the same candidates with a stricter verification threshold: nothing accepted by alignment
+    # the same candidates with a stricter verification threshold: alignment alone accepts
+    # nothing; only a candidate whose hash is identical to a variant's is still confirmed
     strict = dedup_pool(pool.root, Opts(radius=0, verify_sim=1.0), eval_set=tmp_path / "eval.npz")
     assert np.array_equal(strict.candidates.row, cand.row)
-    assert all(r["status"] == "kept" for r in pool.manifest().to_pylist())
+    rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
+    assert rows[added[0]]["status"] == "kept"  # its hash is 10 bits away
+    assert all(r["eval_hamming"] == 0 for r in rows.values() if r["status"] == "test_overlap")
 
 
 class NonNegativeNet(torch.nn.Module):

@@ -1,0 +1,156 @@
+"""Decontamination under the edits the web makes: frames (zoom-out borders, letterbox bars, a
+page around a screenshot), small rotations, overlays and grayscale, each checked with real
+images through the real pipeline; and pHash links that the alignment check must confirm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
+
+from dedup import verify, views
+from dedup.options import DedupOptions as Opts
+from dedup.run import dedup_pool
+from pool.store import NewImage, Pool
+from tests.dedup.dedup_testkit import encode, textured
+
+torch.set_num_threads(1)
+
+
+def framed(img: Image.Image, scale: float, colour, at=(0.5, 0.5)) -> Image.Image:
+    """The picture shrunk to `scale` of the side inside a plain `colour` border."""
+    big = img.resize((96, 96), Image.Resampling.BICUBIC)
+    side = round(96 * scale)
+    canvas = Image.new("RGB", (96, 96), colour)
+    canvas.paste(big.resize((side, side)), (round((96 - side) * at[0]), round((96 - side) * at[1])))
+    return canvas
+
+
+def letterboxed(img: Image.Image, colour) -> Image.Image:
+    big = img.resize((72, 72), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (128, 72), colour)
+    canvas.paste(big, (28, 0))
+    return canvas
+
+
+def screenshot(img: Image.Image) -> Image.Image:
+    """The picture on a page with a title bar and caption lines (about 55% of the page side)."""
+    page = Image.new("RGB", (160, 160), (240, 240, 235))
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((0, 0, 160, 12), fill=(40, 60, 160))
+    draw.text((4, 1), "gallery", fill="white")
+    page.paste(img.resize((88, 88), Image.Resampling.BICUBIC), (30, 24))
+    for k in range(3):
+        draw.text((6, 118 + 10 * k), "caption text here", fill=(20, 20, 20))
+    return page
+
+
+def rotated(img: Image.Image, angle: float, fill: str) -> Image.Image:
+    big = img.resize((96, 96), Image.Resampling.BICUBIC)
+    if fill == "blur":
+        mask = Image.new("L", big.size, 255).rotate(angle, Image.Resampling.BICUBIC)
+        back = big.filter(ImageFilter.GaussianBlur(8))
+        return Image.composite(big.rotate(angle, Image.Resampling.BICUBIC), back, mask)
+    return big.rotate(angle, Image.Resampling.BICUBIC, fillcolor=fill)
+
+
+def captioned(img: Image.Image) -> Image.Image:
+    big = img.resize((96, 96), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(big)
+    draw.text((6, 70), "repost #nofilter", fill=(255, 255, 0), font_size=12)
+    draw.ellipse((74, 4, 92, 22), fill=(220, 30, 30))  # a logo
+    return big
+
+
+@pytest.mark.parametrize(
+    "make, inside",
+    [
+        (lambda i: framed(i, 0.6, (255, 255, 255)), (19, 19, 77, 77)),
+        (lambda i: framed(i, 0.75, (30, 90, 200), at=(0.1, 0.9)), (2, 22, 74, 94)),
+        (lambda i: letterboxed(i, (0, 0, 0)), (28, 0, 100, 72)),
+        (screenshot, (30, 24, 118, 112)),
+    ],
+)
+def test_content_box_finds_the_picture_inside_a_plain_frame(make, inside):
+    box = views.content_box(make(textured(5)))
+    assert box is not None
+    assert all(abs(got - want) <= 3 for got, want in zip(box, inside, strict=True)), box
+
+
+def test_images_without_a_plain_frame_have_one_view():
+    assert views.content_box(textured(6)) is None
+    assert views.content_box(textured(6).resize((90, 60))) is None
+    assert len(views.thumbnails(textured(6), 32)) == 1
+    descriptor = views.view_descriptors(textured(6)).reshape(views.VIEWS, -1)
+    assert np.linalg.norm(descriptor[0]) == pytest.approx(1, abs=1e-5)
+    assert not descriptor[1:].any()  # views it lacks are zeros
+
+
+def test_rotated_grayscale_and_overlaid_copies_align_and_unrelated_images_do_not():
+    originals = [textured(300 + k) for k in range(8)]
+    copies = [
+        rotated(originals[0], 8, "black"),
+        rotated(originals[1], -6, "white"),
+        rotated(originals[2], 4, "blur"),
+        ImageOps.grayscale(originals[3]).convert("RGB"),
+        captioned(originals[4]),
+    ]
+    pool = np.stack([np.asarray(c.resize((32, 32), Image.Resampling.BOX)) for c in copies])
+    ev = np.stack([np.asarray(o) for o in originals])
+    same = verify.alignment(pool, ev, np.arange(5), np.arange(5))
+    assert (same >= 0.93).all(), same
+    rows, items = np.nonzero(~np.eye(5, 8, dtype=bool))
+    other = verify.alignment(pool, ev, rows, items)
+    assert other.max() < same.min() and other.max() < 0.9, other.max()
+
+
+def test_framed_rotated_and_overlaid_copies_are_caught_and_the_rest_kept(tmp_path):
+    originals = [textured(400 + k) for k in range(12)]
+    np.savez(tmp_path / "eval.npz", x=np.stack([np.asarray(o) for o in originals]))
+    pool = Pool.create(tmp_path / "pool")
+    copies = {
+        "zoom_out": framed(originals[0], 0.6, (250, 250, 250)),
+        "zoom_out_rotated": rotated(framed(originals[1], 0.7, (0, 0, 0)), 5, "white"),
+        "letterbox": letterboxed(originals[2], (200, 40, 40)),
+        "screenshot": screenshot(originals[3]),
+        "rotated": rotated(originals[4], -9, "blur"),
+        "caption_logo": captioned(ImageOps.mirror(originals[5])),
+        "grayscale_framed": framed(ImageOps.grayscale(originals[6]).convert("RGB"), 0.8, "white"),
+    }
+    unrelated = {f"other{k}": textured(900 + k).resize((64, 64)) for k in range(8)}
+    unrelated["framed_other"] = framed(textured(950), 0.6, "white")
+    named = {**copies, **unrelated}
+    added = pool.add([NewImage(encode(img), url=f"http://x/{n}") for n, img in named.items()])
+    sha = dict(zip(named, added.added, strict=True))
+
+    dedup_pool(pool.root, Opts(), eval_set=tmp_path / "eval.npz")
+    rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
+    for k, name in enumerate(copies):
+        row = rows[sha[name]]
+        assert row["status"] == "test_overlap", (name, row["status_reason"])
+        assert row["eval_match"] == f"eval.npz#{k}", name
+        assert row["status_reason"].startswith("aligned 0.9")
+    assert all(rows[sha[n]]["status"] == "kept" for n in unrelated)
+
+
+def test_phash_neighbours_that_do_not_line_up_are_not_merged(tmp_path):
+    """Flat drawings of one shape in different colours sit within a few pHash bits of each
+    other; only the copy that lines up (a re-encoded, resized one) joins its original."""
+    pool = Pool.create(tmp_path / "pool")
+
+    def disc(fill):
+        img = Image.new("RGB", (64, 64), (255, 255, 255))
+        ImageDraw.Draw(img).ellipse((12, 12, 52, 52), fill=fill, outline=(0, 0, 0), width=3)
+        return img
+
+    fills = [(200, 30, 30), (30, 160, 40), (40, 60, 200), (230, 200, 20)]
+    shas = pool.add([NewImage(encode(disc(f)), url=f"http://x/{k}") for k, f in enumerate(fills)])
+    copy = pool.add([NewImage(encode(disc(fills[0]).resize((128, 128))), url="http://x/c")])
+    result = dedup_pool(pool.root, Opts(radius=4, embeddings=False))
+    rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
+    red = rows[shas.added[0]]  # the larger copy is the group's representative
+    assert red["status"] == "duplicate" and red["duplicate_of"] == copy.added[0]
+    assert red["status_reason"].startswith("hash ")
+    assert [rows[s]["status"] for s in shas.added[1:]] == ["kept"] * 3
+    assert result.embedding_edges["checked"] > result.embedding_edges["confirmed"] >= 1
