@@ -57,6 +57,12 @@ def decode(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+def encode_png(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(x).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def number(path: str) -> int:
     return int(PurePosixPath(path).stem)
 
@@ -244,6 +250,14 @@ def main(argv=None) -> int:
         a = path_of[r["sha256"]]
         print(f"  {a} ({truth[a]}) matched {r['eval_match']}: {r['status_reason']}")
 
+    if args.out is not None and false:
+        sheet = args.out / "false_overlaps.png"
+        item = {f"eval.npz#{i}": encode_png(x) for i, x in enumerate(x_eval)}
+        contact_sheet(
+            [(data[r["sha256"]], item[r["eval_match"]], r["status_reason"][:40]) for r in false],
+            sheet,
+        )
+        print(f"false overlaps (pool | evaluation image): {sheet}")
     if args.out is not None and merged:
         sheet = args.out / "merged_distinct.png"
         contact_sheet(

@@ -34,7 +34,7 @@ from pool.store import Pool
 
 BATCH = 2048
 CENTRE_MIN_IMAGES = 64  # smaller pools: features are compared uncentred
-COPY_KEY = "copy-views-v2"  # cache of dedup/views.py view_descriptors
+COPY_KEY = "copy-views-v3"  # cache of dedup/views.py view_descriptors
 COPY_DIM = views.VIEWS * views.COPY_GRID**2
 FIELDS = {f.name: f for f in manifest.CORE_FIELDS + manifest.OPTIONAL_FIELDS}
 

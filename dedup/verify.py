@@ -34,7 +34,7 @@ INNER = 0.84  # share of each window side that is sampled
 MIN_SIDE = 25  # smallest window side on the SIZE grid
 PAIR_MIN_SIDE = 27  # the same for two pool images (pair_alignment)
 ANGLES = (-10.0, -5.0, 0.0, 5.0, 10.0)  # degrees
-MIN_CHROMA = 0.01  # colour-difference spread below which an image counts as grayscale
+MIN_CHROMA = 0.02  # colour-difference size (RMS) below which an image counts as grayscale
 TRIM = 0.15  # share of samples left out of the final correlation
 ITEMS_PER_CHUNK = 64  # evaluation items whose window descriptors are held at once
 
@@ -110,18 +110,27 @@ def _unit(v):
 
 
 def _sample(images, points):
-    """images (N, 4, S, S), points (N, K, G, 2) -> descriptors (N, K, 4, G): luminance, edge
-    strength and the two colour differences, each zero-mean; luminance and edges unit length,
-    the colour pair jointly unit length, or zero where the image has no colour (grayscale)."""
+    """images (N, 4, S, S), points (N, K, G, 2) -> descriptors (N, K, 4, G): luminance and
+    edge strength, each zero-mean and unit length; the two colour differences as they are
+    (absolute colour: a disc on green is not a disc on purple), jointly unit length, or zero
+    where the image has next to no colour (grayscale)."""
     import torch
 
     out = torch.nn.functional.grid_sample(images, points, align_corners=False)
     out = out.permute(0, 2, 1, 3)  # (N, K, 4, G)
-    out = out - out.mean(-1, keepdim=True)
-    grey = out[:, :, 2:].flatten(2).std(-1, keepdim=True) < MIN_CHROMA
+    grey = out[:, :, 2:].flatten(2).square().mean(-1, keepdim=True).sqrt() < MIN_CHROMA
     colour = torch.nn.functional.normalize(out[:, :, 2:].flatten(2), dim=-1, eps=1e-6)
     colour = colour.masked_fill(grey, 0).view_as(out[:, :, 2:])
     return torch.cat([_unit(out[:, :, :2]), colour], 2)
+
+
+def _unit_pair(v, centre: bool):
+    """(n, 2, G) colour differences -> jointly unit length, each channel zero-mean if `centre`."""
+    import torch
+
+    if centre:
+        v = v - v.mean(-1, keepdim=True)
+    return torch.nn.functional.normalize(v.flatten(1), dim=1, eps=1e-9).view_as(v)
 
 
 def _score(pool, window):
@@ -138,10 +147,11 @@ def _score(pool, window):
     # float64: a near-perfect copy must not round up to a score of 1
     p, w = pool.gather(-1, idx).double(), window.gather(-1, idx).double()
     luma_edge = (_unit(p[:, :2]) * _unit(w[:, :2])).sum(2)  # (n, 2)
-    cp = torch.nn.functional.normalize(p[:, 2:] - p[:, 2:].mean(-1, keepdim=True), dim=(1, 2))
-    cw = torch.nn.functional.normalize(w[:, 2:] - w[:, 2:].mean(-1, keepdim=True), dim=(1, 2))
     has_colour = (pool[:, 2:].abs().sum((1, 2)) > 0) & (window[:, 2:].abs().sum((1, 2)) > 0)
-    colour = (cp * cw).sum((1, 2))
+    # the colours must agree as they are and in their pattern (where it is greener, bluer)
+    same = (_unit_pair(p[:, 2:], False) * _unit_pair(w[:, 2:], False)).sum((1, 2))
+    pattern = (_unit_pair(p[:, 2:], True) * _unit_pair(w[:, 2:], True)).sum((1, 2))
+    colour = torch.minimum(same, pattern)
     return (luma_edge.sum(1) + colour * has_colour) / (2 + has_colour.double())
 
 

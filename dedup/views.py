@@ -19,6 +19,7 @@ WORK_SIDE = 128  # the frame is searched on a copy at most this large
 TOLERANCE = 18  # a pixel is background when every channel is within this of the frame colour
 MIN_FRAME_SHARE = 0.5  # share of the outer ring that must be the frame colour
 MIN_AREA = 0.08  # a content box smaller than this share of the image is not trusted
+MIN_FILL = 0.8  # share of its box the picture must cover (a 6-degree turn still does)
 FULL = 0.96  # a box covering this much of both sides is the whole image
 
 
@@ -49,9 +50,15 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     if count == 0:
         return None
     sizes = np.bincount(labels.ravel())[1:]
-    rows, cols = ndimage.find_objects(labels)[int(np.argmax(sizes))]
+    biggest = int(np.argmax(sizes))
+    rows, cols = ndimage.find_objects(labels)[biggest]
     top, bottom, left, right = rows.start, rows.stop, cols.start, cols.stop
     if (bottom - top) * (right - left) < MIN_AREA * h * w:
+        return None
+    # a picture is a rectangle (perhaps turned a little); a shape drawn on a plain background
+    # (a disc fills 79% of its box) is the image itself, not a picture in a frame
+    solid = ndimage.binary_fill_holes(labels[rows, cols] == biggest + 1)
+    if solid.mean() < MIN_FILL:
         return None
     if bottom - top >= FULL * h and right - left >= FULL * w:
         return None
