@@ -211,6 +211,22 @@ def _best_view_alignment(index, rows, items, load_views, progress):
     return score[top], rank[top], window[top]
 
 
+EDIT_KINDS = ("exact", "framed", "turned", "cropped", "mirrored", "retouched")
+
+
+def edit_kind(overlap: Overlap) -> str:
+    """The first of EDIT_KINDS that describes how the pool image differs from its item:
+    exact (same bytes or pixels), framed (a picture inside a frame), turned, cropped, mirrored,
+    or retouched (resized, re-encoded, recoloured, overlaid: lined up as a whole)."""
+    if overlap.alignment is None:
+        return "exact"
+    how = overlap.how
+    for kind, mark in (("framed", "frame"), ("turned", "turned"), ("cropped", "crop")):
+        if mark in how:
+            return kind
+    return "mirrored" if "mirrored" in how else "retouched"
+
+
 def describe(view: int, window: int) -> str:
     """The best view and window of a verified pair in words."""
     frame = ["", "picture in a frame, ", "picture in a frame in a frame, "][view]

@@ -28,6 +28,7 @@ from pool.manifest import STATUSES
 TILE = 64
 MAX_ROWS = 12
 MAX_PER_ROW = 8
+OVERLAPS_PER_KIND = 4
 
 
 def write_report(result, out_dir: Path | None = None) -> dict:
@@ -51,6 +52,7 @@ def write_report(result, out_dir: Path | None = None) -> dict:
         "eval_candidates": None
         if cand is None
         else {"checked": len(cand.row), "pool_images_matched": len(result.overlaps)},
+        "overlaps_by_edit": dict(Counter(result.overlap_kinds.values())),
         "byte_identical_refinds": 0 if finds is None else finds.num_rows,
         "undecodable": result.invalid,
         "contact_sheet": str(out_dir / "contact_sheet.png"),
@@ -106,6 +108,12 @@ def format_report(report: dict) -> str:
             f"evaluation candidates: {_count(ev['checked'], 'pair')} checked, "
             f"{_count(ev['pool_images_matched'], 'pool image')} match"
         )
+    if report.get("overlaps_by_edit"):
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(report["overlaps_by_edit"].items()))
+        lines.append(
+            f"evaluation overlaps by how they differ: {kinds} (each row's status_reason says "
+            "why: alignment score, view, window, turn)"
+        )
     width = max([5, *(len(c) for c in report["counts_per_class"])])
     lines.append(f"\n{'class':<{width}} " + " ".join(f"{x:>12}" for x in STATUSES))
     for name, counts in [*report["counts_per_class"].items(), ("total", report["counts"])]:
@@ -119,18 +127,28 @@ def _count(n: int, noun: str) -> str:
 
 
 def contact_sheet(result, table, path: Path) -> None:
-    """One row per example: a group (representative first) or an overlap (pool | evaluation)."""
+    """One row per example: a group (representative first), or, for each kind of edit found
+    (dedup.decontaminate.edit_kind), up to OVERLAPS_PER_KIND overlaps as pool | evaluation
+    pairs side by side."""
     paths = dict(zip(table["sha256"].to_pylist(), table["path"].to_pylist(), strict=True))
+    reasons = dict(
+        zip(table["sha256"].to_pylist(), table["status_reason"].to_pylist(), strict=True)
+    )
     rows: list[tuple[str, list[Image.Image]]] = []
     for group in sorted(result.groups, key=len, reverse=True)[: MAX_ROWS // 2]:
         tiles = [_pool_tile(result.pool, paths[s]) for s in group[:MAX_PER_ROW]]
         rows.append((f"group of {len(group)}: kept first", tiles))
-    for sha, item in list(result.overlaps.items())[: MAX_ROWS - len(rows)]:
-        ev = result.eval_loader
-        tile = _tile(ev.load(ev.ids.index(item)))
-        rows.append(
-            (f"overlap: pool | eval {item}"[:60], [_pool_tile(result.pool, paths[sha]), tile])
-        )
+    by_kind: dict[str, list[str]] = {}
+    for sha in result.overlaps:
+        by_kind.setdefault(result.overlap_kinds.get(sha, "?"), []).append(sha)
+    ev = result.eval_loader
+    for kind, shas in sorted(by_kind.items()):
+        tiles, first = [], shas[0]
+        for sha in shas[: min(OVERLAPS_PER_KIND, MAX_PER_ROW // 2)]:
+            item = result.overlaps[sha]
+            tiles += [_pool_tile(result.pool, paths[sha]), _tile(ev.load(ev.ids.index(item)))]
+        label = f"{kind} ({len(shas)}): pool | eval pairs, e.g. {reasons.get(first) or ''}"
+        rows.append((label[:100], tiles))
     width = TILE * MAX_PER_ROW
     sheet = Image.new("RGB", (width, max(1, len(rows)) * (TILE + 14)), "white")
     draw = ImageDraw.Draw(sheet)

@@ -47,6 +47,7 @@ class DedupResult:
     statuses: dict[str, str] = field(default_factory=dict)  # sha256 -> status
     groups: list[list[str]] = field(default_factory=list)  # [representative, *duplicates]
     overlaps: dict[str, str] = field(default_factory=dict)  # pool sha256 -> evaluation item id
+    overlap_kinds: dict[str, str] = field(default_factory=dict)  # pool sha256 -> edit kind
     eval_loader: object = None  # EvalSet, for the contact sheet
     candidates: decontaminate.Candidates | None = None  # verified pool/evaluation pairs
     embedding_edges: dict = field(default_factory=dict)  # pool pairs: checked / confirmed
@@ -188,6 +189,7 @@ def dedup_pool(
             else f"{ov.reason} {ov.alignment:.4f} ({ov.how})",
         }
         result.overlaps[shas[row]] = evalset.ids[ov.eval_item]
+        result.overlap_kinds[shas[row]] = decontaminate.edit_kind(ov)
     for sha, reason in failed.items():
         updates[sha] = {**_kept(), "status": "invalid", "status_reason": reason}
         result.invalid.append(f"{sha}: {reason}")

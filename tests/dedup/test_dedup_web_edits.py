@@ -154,3 +154,21 @@ def test_phash_neighbours_that_do_not_line_up_are_not_merged(tmp_path):
     assert red["status_reason"].startswith("hash ")
     assert [rows[s]["status"] for s in shas.added[1:]] == ["kept"] * 3
     assert result.embedding_edges["checked"] > result.embedding_edges["confirmed"] >= 1
+
+
+def test_report_counts_overlaps_by_edit_and_shows_them(tmp_path):
+    from dedup.stage import run_dedup
+
+    originals = [textured(500 + k) for k in range(4)]
+    np.savez(tmp_path / "eval.npz", x=np.stack([np.asarray(o) for o in originals]))
+    pool = Pool.create(tmp_path / "pool")
+    edited = [framed(originals[0], 0.6, "white"), rotated(originals[1], 7, "black")]
+    pool.add([NewImage(encode(img), url=f"http://x/{k}") for k, img in enumerate(edited)])
+    report = run_dedup(pool.root, Opts(), eval_set=tmp_path / "eval.npz")
+    assert report["overlaps_by_edit"] == {"framed": 1, "turned": 1}
+    reasons = {r["url"]: r["status_reason"] for r in pool.manifest().to_pylist()}
+    assert all(r.startswith("aligned 0.9") for r in reasons.values())
+    assert "picture in a frame" in reasons["http://x/0"]
+    assert "turned +5 deg" in reasons["http://x/1"]
+    sheet = Image.open(report["contact_sheet"])
+    assert sheet.height >= 2 * 64  # a row of pairs per kind of edit
