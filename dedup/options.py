@@ -40,7 +40,8 @@ class DedupOptions(BaseModel, extra="forbid"):
         ge=-1,
         le=1,
         description="alignment score (inclusive) that an evaluation-overlap candidate or a "
-        "feature-only duplicate pair needs; -1 accepts every candidate",
+        "feature-linked duplicate pair needs (dedup/verify.py: crops, small turns, mirrors, "
+        "overlays); -1 accepts every candidate",
         json_schema_extra={"metavar": "V"},
     )
     network: Network = Field(

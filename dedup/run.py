@@ -5,9 +5,11 @@ and features cached by sha256 (dedup/cache.py), so a re-run decodes only images 
 The manifest is changed once, at the end, through `pool.update` (atomic replace under the lock);
 rows added by a crawl while dedup runs are left as they are.
 
-Two pool images are near-duplicates when they have the same pixels, their hashes are within the
-radius, or their features reach the similarity and the alignment check (dedup/verify.py) confirms
-that one lines up with the other; groups are the connected components of these links.
+Two pool images are near-duplicates when they have the same pixels, or when their hashes are
+within the radius or their features reach the similarity and the alignment check
+(dedup/verify.py) confirms that one lines up with the other; groups are the connected components
+of these links. Evaluation overlaps: dedup/decontaminate.py (each pool image is also looked at
+as the picture inside its frame, dedup/views.py).
 """
 
 from __future__ import annotations

@@ -116,12 +116,16 @@ def _sample(images, points):
     where the image has next to no colour (grayscale)."""
     import torch
 
-    out = torch.nn.functional.grid_sample(images, points, align_corners=False)
-    out = out.permute(0, 2, 1, 3)  # (N, K, 4, G)
-    grey = out[:, :, 2:].flatten(2).square().mean(-1, keepdim=True).sqrt() < MIN_CHROMA
-    colour = torch.nn.functional.normalize(out[:, :, 2:].flatten(2), dim=-1, eps=1e-6)
-    colour = colour.masked_fill(grey, 0).view_as(out[:, :, 2:])
-    return torch.cat([_unit(out[:, :, :2]), colour], 2)
+    out = torch.nn.functional.grid_sample(images, points, align_corners=False)  # (N, 4, K, G)
+    shape = out[:, :2]  # in place: these tensors are the bulk of an evaluation check's work
+    shape -= shape.mean(-1, keepdim=True)
+    shape /= shape.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    colour = out[:, 2:]
+    norm = colour.square().sum((1, 3), keepdim=True).sqrt()  # (N, 1, K, 1)
+    grey = norm < MIN_CHROMA * math.sqrt(colour.shape[1] * colour.shape[3])  # RMS below
+    colour /= norm.clamp_min(1e-6)
+    colour.masked_fill_(grey, 0)
+    return out.transpose(1, 2)
 
 
 def _unit_pair(v, centre: bool):
