@@ -36,7 +36,7 @@ class DedupOptions(BaseModel, extra="forbid"):
         json_schema_extra={"flag": "--sim", "metavar": "S"},
     )
     verify_sim: float = Field(
-        0.93,
+        0.95,
         ge=-1,
         le=1,
         description="alignment score (inclusive) that an evaluation-overlap candidate or a "

@@ -115,7 +115,7 @@ def test_framed_rotated_and_overlaid_copies_are_caught_and_the_rest_kept(tmp_pat
         "letterbox": letterboxed(originals[2], (200, 40, 40)),
         "screenshot": screenshot(originals[3]),
         "rotated": rotated(originals[4], -9, "blur"),
-        "caption_logo": captioned(ImageOps.mirror(originals[5])),
+        "caption_logo": captioned(originals[5]),
         "grayscale_framed": framed(ImageOps.grayscale(originals[6]).convert("RGB"), 0.8, "white"),
     }
     unrelated = {f"other{k}": textured(900 + k).resize((64, 64)) for k in range(8)}
