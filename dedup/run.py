@@ -361,34 +361,32 @@ def _compute(pool, scope, extractor, model_key, progress, result):
 def _view_thumbnails(pool: Pool, paths: list[str], progress: bool = False):
     """Thumbnails of every view of each pool image (dedup/views.py) and, per thumbnail, the
     position in `paths` of its image."""
-
-    def load(path):
-        return views.thumbnails(decode_rgb(pool.read_bytes(path)), verify.SIZE)
-
-    thumbs, owner = [], []
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
-        loaded = ex.map(load, paths)
-        bar = tqdm(loaded, total=len(paths), disable=not progress, desc="thumbnails to verify")
-        for k, views_of_image in enumerate(bar):
-            thumbs.extend(views_of_image)
-            owner.extend([k] * len(views_of_image))
+    per_image = _decode_each(pool, paths, progress, lambda img: views.thumbnails(img, verify.SIZE))
+    owner = np.repeat(np.arange(len(paths)), [len(v) for v in per_image]).astype(np.int64)
+    thumbs = [t for v in per_image for t in v]
     if not thumbs:
-        return np.zeros((0, verify.SIZE, verify.SIZE, 3), np.uint8), np.zeros(0, np.int64)
-    return np.stack(thumbs), np.array(owner, np.int64)
+        return np.zeros((0, verify.SIZE, verify.SIZE, 3), np.uint8), owner
+    return np.stack(thumbs), owner
 
 
 def _thumbnails(pool: Pool, paths: list[str], progress: bool = False) -> np.ndarray:
     """32x32 thumbnails of pool images (decoded again: only verification candidates need them)."""
-
-    def load(path):
-        return np.asarray(resize_center_crop(decode_rgb(pool.read_bytes(path)), verify.SIZE))
-
     if not paths:
         return np.zeros((0, verify.SIZE, verify.SIZE, 3), np.uint8)
+    return np.stack(
+        _decode_each(
+            pool, paths, progress, lambda img: np.asarray(resize_center_crop(img, verify.SIZE))
+        )
+    )
+
+
+def _decode_each(pool: Pool, paths: list[str], progress: bool, fn) -> list:
+    """fn(decoded image) for each pool file, decoded again on a few threads, in order."""
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
-        loaded = ex.map(load, paths)
-        bar = tqdm(loaded, total=len(paths), disable=not progress, desc="thumbnails to verify")
-        return np.stack(list(bar))
+        loaded = ex.map(lambda path: fn(decode_rgb(pool.read_bytes(path))), paths)
+        return list(
+            tqdm(loaded, total=len(paths), disable=not progress, desc="thumbnails to verify")
+        )
 
 
 def _apply(table: pa.Table, updates: dict[str, dict]) -> pa.Table:
