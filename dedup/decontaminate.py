@@ -121,7 +121,13 @@ class Overlap:
     hamming: int  # smallest Hamming distance to the item's variants
     similarity: float | None  # largest cosine similarity to the item's variants
     alignment: float | None  # verification score (dedup/verify.py)
-    how: str = ""  # the best view and window, e.g. "picture in a frame, crop 12%, mirrored"
+    view: int | None = None  # the pool image's best view (0 whole, 1 inside a frame, ...)
+    window: int | None = None  # the best window (dedup/verify.py window_shape)
+
+    @property
+    def how(self) -> str:
+        """The best view and window in words, e.g. "picture in a frame, crop 12%, mirrored"."""
+        return "" if self.window is None else describe(self.view, self.window)
 
 
 @dataclass
@@ -173,7 +179,8 @@ def find_overlaps(
                 int(ham[k]),
                 similarity,
                 float(align[k]),
-                describe(int(view[k]), int(window[k])),
+                int(view[k]),
+                int(window[k]),
             )
     for row, (pixels, data) in enumerate(zip(pixel_sha, byte_sha, strict=True)):
         item, reason = index.byte_sha.get(data), "exact-bytes"
@@ -218,13 +225,18 @@ def edit_kind(overlap: Overlap) -> str:
     """The first of EDIT_KINDS that describes how the pool image differs from its item:
     exact (same bytes or pixels), framed (a picture inside a frame), turned, cropped, mirrored,
     or retouched (resized, re-encoded, recoloured, overlaid: lined up as a whole)."""
-    if overlap.alignment is None:
+    if overlap.window is None:
         return "exact"
-    how = overlap.how
-    for kind, mark in (("framed", "frame"), ("turned", "turned"), ("cropped", "crop")):
-        if mark in how:
+    crop, angle, mirrored = verify.window_shape(overlap.window)
+    for kind, applies in (
+        ("framed", overlap.view > 0),
+        ("turned", angle != 0),
+        ("cropped", crop > 0),
+        ("mirrored", mirrored),
+    ):
+        if applies:
             return kind
-    return "mirrored" if "mirrored" in how else "retouched"
+    return "retouched"
 
 
 def describe(view: int, window: int) -> str:

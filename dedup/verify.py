@@ -73,17 +73,24 @@ def _boxes(min_side: int, angles: tuple[float, ...]) -> list[tuple[float, float,
     ]
 
 
-def describe(window: int, min_side: int = MIN_SIDE, angles: tuple[float, ...] = ANGLES) -> str:
-    """What the best window of `alignment(..., with_window=True)` says about the copy, e.g.
-    "crop 12%, turned 5 deg, mirrored" ("whole" when it is the whole image, as it is)."""
+def window_shape(
+    window: int, min_side: int = MIN_SIDE, angles: tuple[float, ...] = ANGLES
+) -> tuple[float, float, bool]:
+    """(share of the side cropped, turn in degrees, mirrored) of a best window index returned
+    by `alignment(..., with_window=True)`."""
     boxes = _boxes(min_side, angles)
-    cx, cy, side, angle = boxes[window % len(boxes)]
-    parts = []
-    if side < SIZE:
-        parts.append(f"crop {1 - side / SIZE:.0%}")
+    _, _, side, angle = boxes[window % len(boxes)]
+    return 1 - side / SIZE, angle, window >= len(boxes)
+
+
+def describe(window: int, min_side: int = MIN_SIDE, angles: tuple[float, ...] = ANGLES) -> str:
+    """The window in words, e.g. "crop 12%, turned +5 deg, mirrored" ("whole" when it is the
+    whole image, as it is)."""
+    crop, angle, mirrored = window_shape(window, min_side, angles)
+    parts = [f"crop {crop:.0%}"] if crop else []
     if angle:
         parts.append(f"turned {angle:+g} deg")
-    if window >= len(boxes):
+    if mirrored:
         parts.append("mirrored")
     return ", ".join(parts) or "whole"
 
