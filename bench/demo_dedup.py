@@ -23,7 +23,8 @@ Which *source picture* an image shows (world.py does not record it):
   - an "eval-copy" is evaluation item i when its (lossless PNG) pixels equal
     `Image.fromarray(x_eval[i]).resize((64, 64), BICUBIC)`, as build_web draws it; each
     must match exactly one item.
-Exit code 0 always: it is a benchmark, not a test.
+A crash in dedup ends the run with its traceback (non-zero exit); otherwise it exits 0: it is
+a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import io
 import sys
 import tempfile
 import time
-import traceback
 from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 
@@ -43,6 +43,9 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dedup import embeddings  # noqa: E402
+from dedup.options import DedupOptions  # noqa: E402
+from dedup.run import dedup_pool  # noqa: E402
 from pool.store import NewImage, Pool, sha256_hex  # noqa: E402
 from workers.demo import world  # noqa: E402
 from workers.demo.run import PRESETS  # noqa: E402
@@ -159,23 +162,14 @@ def main(argv=None) -> int:
 
         # 3. dedup as the demo's job runs it (dedup.stage.run_dedup, no teacher)
         t = time.perf_counter()
-        try:  # dedup/ is being changed: report a crash (or a broken import) and exit 0
-            from dedup import embeddings
-            from dedup.options import DedupOptions
-            from dedup.run import dedup_pool
-
-            options = DedupOptions()
-            result = dedup_pool(
-                pool_dir,
-                options,
-                eval_set=eval_path,
-                extractor=embeddings.create_extractor(options.network),
-                model_key=options.network,
-            )
-        except Exception:
-            traceback.print_exc(file=sys.stdout)
-            print("demo dedup: dedup crashed (traceback above)")
-            return 0
+        options = DedupOptions()
+        result = dedup_pool(
+            pool_dir,
+            options,
+            eval_set=eval_path,
+            extractor=embeddings.create_extractor(options.network),
+            model_key=options.network,
+        )
         t_dedup = time.perf_counter() - t
         rows = pool.manifest().to_pylist()
         data = {r["sha256"]: pool.read_bytes(r["path"]) for r in rows}
