@@ -188,9 +188,10 @@ def decontamination(
 
 
 def copy_candidates(rng, n_pool: int, n_eval: int, per_item: int, framed: float = 0.1) -> None:
-    """Nearest items by copy descriptor (dedup/views.py): every pool image's own view, and the
-    picture inside a frame for `framed` of them, against every evaluation variant."""
-    from dedup import decontaminate, embeddings
+    """Candidate items by copy descriptor (dedup/copy_search.py): every pool image's own view,
+    and the picture inside a frame for `framed` of them, against every evaluation variant, then
+    the closer look at each view's nearest items window by window."""
+    from dedup import copy_search, embeddings
     from dedup.decontaminate import EvalIndex
 
     dim = views.COPY_GRID**2
@@ -199,12 +200,14 @@ def copy_candidates(rng, n_pool: int, n_eval: int, per_item: int, framed: float 
     has_frame = rng.random(n_pool) < framed
     desc[has_frame, 1] = rng.standard_normal((int(has_frame.sum()), dim), dtype=np.float32)
     variants = embeddings.normalize(rng.standard_normal((n_eval * per_item, dim), np.float32))
-    index = EvalIndex(None, {}, {}, np.zeros((0, 8), np.uint8), variants, None, per_item, None)
+    thumbs = rng.integers(0, 256, (n_eval, 32, 32, 3), dtype=np.uint8)
+    index = EvalIndex(None, {}, {}, np.zeros((0, 8), np.uint8), variants, None, per_item, thumbs)
     start = time.perf_counter()
-    rows, _ = decontaminate._copy_candidates(index, desc.reshape(n_pool, -1))
+    rows, _ = copy_search.candidates(index, desc.reshape(n_pool, -1))
     print(
-        f"candidate copy-descriptor search ({dim}-d, {views.VIEWS} views, {framed:.0%} framed, top "
-        f"{decontaminate.COPY_TOP_ITEMS} items of {n_eval * per_item:,} variants): "
+        f"candidate copy-descriptor search ({dim}-d, {views.VIEWS} views, {framed:.0%} framed, "
+        f"{copy_search.WIDE_ITEMS} items per view looked at window by window, top "
+        f"{copy_search.TOP_ITEMS} kept, of {n_eval * per_item:,} variants): "
         f"{time.perf_counter() - start:6.1f} s, {len(rows) / n_pool:.2f} candidates per image",
         flush=True,
     )

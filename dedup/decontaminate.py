@@ -5,10 +5,10 @@ image is indexed as itself, as crops (removing 10% and 20% of each side, at the 
 centre) and turned by ROTATIONS (the central part, without the corners the turn empties), each
 also mirrored. The pool side is normalised instead: each pool image is looked at whole and, when
 it has a plain frame (a border, letterbox bars, a page around a screenshot), as the picture
-inside it (dedup/views.py). A pool image is a candidate for an evaluation item when one of its
-views' copy descriptors (8x8 luminance) has the item among its COPY_TOP_ITEMS nearest items with
-similarity >= COPY_FLOOR, when its hash is within CANDIDATE_RADIUS (inclusive) of one of the
-item's codes, or when its features reach `candidate_sim` against one of the item's features.
+inside it (dedup/views.py). A pool image is a candidate for an evaluation item when its views'
+copy descriptors (8x8 luminance) find the item (dedup/copy_search.py), when its hash is within
+CANDIDATE_RADIUS (inclusive) of one of the item's codes, or when its features reach
+`candidate_sim` against one of the item's features.
 
 Verification (dedup/verify.py): a candidate pair is a match when a view of the pool image lines
 up with a window of the evaluation image (cropped, turned, mirrored), with an alignment score
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from dedup import binary_index, embeddings, verify, views
+from dedup import binary_index, copy_search, embeddings, verify, views
 from dedup.evalset import EvalSet
 from dedup.hashing import HASH_KINDS, pixel_digest, to_codes
 from pool.images import resize_center_crop
@@ -40,9 +40,6 @@ ROTATION_KEEP = 0.86  # central share of a turned image's side that holds no emp
 # verification threshold is the user's option (DedupOptions.verify_sim).
 CANDIDATE_RADIUS = 8
 CANDIDATE_SIM = 0.85
-COPY_TOP_ITEMS = 2
-COPY_FLOOR = 0.7
-COPY_NEIGHBOURS = 32  # variants looked up per view, then reduced to items
 VERIFY_SIM_HASH = 0.93
 PAIR_CHUNK = 50_000
 
@@ -251,40 +248,12 @@ def _ranks_within(counts: np.ndarray) -> np.ndarray:
     return np.arange(int(counts.sum())) - starts
 
 
-def _copy_candidates(index, copy, progress=False):
-    """(pool row, item) pairs: each view's COPY_TOP_ITEMS most similar items, similarity at
-    least COPY_FLOOR (views a pool image lacks are zero vectors, not searched)."""
-    per_view = copy.reshape(-1, views.COPY_GRID**2)
-    present = np.nonzero(np.abs(per_view).sum(1) > 0)[0]  # views the image has
-    found = embeddings.similar(
-        index.copy,
-        per_view[present],
-        COPY_FLOOR,
-        k=COPY_NEIGHBOURS,
-        progress=progress,
-        desc="overlap copies",
-    )
-    item = found.db // index.per_item
-    row = present[found.query] // views.VIEWS
-    # best similarity per (row, item), then the top items of each row
-    order = np.lexsort((-found.sim, item, row))
-    row, item, sim = row[order], item[order], found.sim[order]
-    first = np.ones(len(row), bool)
-    first[1:] = (row[1:] != row[:-1]) | (item[1:] != item[:-1])
-    row, item, sim = row[first], item[first], sim[first]
-    order = np.lexsort((-sim, row))
-    row, item = row[order], item[order]
-    start = np.searchsorted(row, row, side="left")
-    keep = np.arange(len(row)) - start < COPY_TOP_ITEMS
-    return row[keep], item[keep]
-
-
 def _candidate_pairs(index, codes, features, copy, candidate_sim, method, progress=False):
     """Unique (pool row, evaluation item) pairs from the copy descriptors' nearest items, the
     loose hash radius and the feature similarity."""
     rows, items = [], []
     if len(copy):
-        row, item = _copy_candidates(index, copy, progress)
+        row, item = copy_search.candidates(index, copy, progress)
         rows.append(row)
         items.append(item)
     if features is not None and index.features is not None:

@@ -112,11 +112,13 @@ def similar(
     k: int = 16,
     progress: bool = False,
     desc: str = "feature search",
+    nprobe: int = 16,
 ) -> Matches:
     """Database items with cosine similarity >= threshold to each query (up to k per query).
 
     Flat inner-product index for small databases, IVF for large ones; on the GPU when FAISS
-    sees one. A k-nearest-neighbour search then a threshold (GPU indexes have no range search).
+    sees one. A k-nearest-neighbour search then a threshold (GPU indexes have no range search);
+    `nprobe` inverted lists are searched per query (IVF).
     """
     import faiss
 
@@ -130,7 +132,7 @@ def similar(
         nlist = int(4 * np.sqrt(len(db)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.train(db[np.random.default_rng(0).permutation(len(db))[: 64 * nlist]])
-        index.nprobe = 16
+        index.nprobe = nprobe
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(db)

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from dedup import binary_index, decontaminate, embeddings, grouping, verify, views
+from dedup import binary_index, copy_search, decontaminate, embeddings, grouping, verify, views
 from dedup.cache import EmbeddingCache, HashCache
 from dedup.errors import DedupError
 from dedup.evalset import load_eval_set
@@ -99,8 +99,8 @@ def dedup_pool(
         "features_centred_on": None,
         "candidate_radius": decontaminate.CANDIDATE_RADIUS,
         "candidate_sim": decontaminate.CANDIDATE_SIM if extractor is not None else None,
-        "copy_top_items": decontaminate.COPY_TOP_ITEMS,
-        "copy_floor": decontaminate.COPY_FLOOR,
+        "copy_top_items": copy_search.TOP_ITEMS,
+        "copy_floor": copy_search.FLOOR,
         "verify_sim": verify_sim,
         "verify_sim_with_hash": min(verify_sim, decontaminate.VERIFY_SIM_HASH),
         "embedding_duplicates_verified": extractor is not None,

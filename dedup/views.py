@@ -2,13 +2,18 @@
 
 Web copies often put the picture in a larger frame: a plain border around a shrunk copy
 (thumbnails, framed reposts), bars that pad it to another aspect ratio, a page around a
-screenshot of it. `content_box` finds the picture's box in such a frame: the background is the
-colour most of the outer ring has; the picture is the largest region that differs from it,
-after an opening that removes thin strokes (caption text, rules). Images without a plain frame
-(most of them) cost one look at their outer ring.
+screenshot of it, and the frame may be turned with the picture. `find_picture` finds the
+picture in such a frame: the background is the colour most of the outer ring has; the picture
+is the largest region that differs from it, after an opening that removes thin strokes (caption
+text, rules). Its turn is the angle at which its box is smallest, and its box
+keeps the rows and columns the region mostly covers (a rectangle covers them alike, a disc does
+not), so a logo or caption touching the picture does not widen it. Images
+without a plain frame (most of them) cost one look at their outer ring.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -18,16 +23,48 @@ from pool.images import resize_center_crop
 WORK_SIDE = 128  # the frame is searched on a copy at most this large
 TOLERANCE = 18  # a pixel is background when every channel is within this of the frame colour
 MIN_FRAME_SHARE = 0.5  # share of the outer ring that must be the frame colour
-MIN_AREA = 0.08  # a content box smaller than this share of the image is not trusted
-MIN_FILL = 0.8  # share of its box the picture must cover (a 6-degree turn still does)
+MIN_AREA = 0.08  # a picture smaller than this share of the image is not trusted
+MAX_TURN = 12  # degrees either way a framed picture may be turned
+TURN_STEP = 0.5
+EDGE_TRIM = 2  # percent of outline points at each end left out of the box (small protrusions)
+AREA_TIE = 0.998  # boxes this close to the smallest count as smallest (the least turn wins)
+COVERED = 0.5  # a row (column) belongs to the picture when the region covers this share of it
+FLAT = 0.8  # a picture's rows (columns) are covered alike: the 10th percentile >= FLAT * median
+SECOND_SHARE = 0.1  # a second plain colour on this share of the ring is background too
 FULL = 0.96  # a box covering this much of both sides is the whole image
 
 
-def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
-    """(left, top, right, bottom) of the picture inside a plain frame, or None when the image
-    has no plain frame (or the picture fills it)."""
-    from scipy import ndimage
+@dataclass(frozen=True)
+class Picture:
+    """The picture inside a frame: its centre and upright size in image pixels, and the angle
+    (degrees counter-clockwise, as PIL's rotate) it is turned by."""
 
+    cx: float
+    cy: float
+    width: float
+    height: float
+    angle: float
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the upright picture (of the image turned upright)."""
+        return (
+            round(self.cx - self.width / 2),
+            round(self.cy - self.height / 2),
+            round(self.cx + self.width / 2),
+            round(self.cy + self.height / 2),
+        )
+
+    def crop(self, img: Image.Image) -> Image.Image:
+        """The picture, turned upright and cut out of its frame."""
+        if self.angle:
+            img = img.rotate(-self.angle, Image.Resampling.BICUBIC, center=(self.cx, self.cy))
+        return img.crop(self.box)
+
+
+def find_picture(img: Image.Image) -> Picture | None:
+    """The picture inside a plain frame, or None when the image has no plain frame (or the
+    picture fills it)."""
     scale = min(1.0, WORK_SIDE / max(img.size))
     small = (
         img
@@ -41,44 +78,99 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     if min(h, w) < 8:
         return None
     ring = np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])
-    background = np.median(ring, axis=0)
-    if np.mean(np.abs(ring - background).max(1) <= TOLERANCE) < MIN_FRAME_SHARE:
+    frame = np.median(ring, axis=0)
+    is_frame = np.abs(ring - frame).max(1) <= TOLERANCE
+    if is_frame.mean() < MIN_FRAME_SHARE:
         return None
-    mask = np.abs(arr - background).max(2) > TOLERANCE
+    backgrounds = [[frame]]
+    rest = ring[~is_frame]
+    if len(rest) >= SECOND_SHARE * len(ring):
+        # a turned frame leaves the corners another plain colour (the turn's fill)
+        fill = np.median(rest, axis=0)
+        if np.mean(np.abs(rest - fill).max(1) <= TOLERANCE) >= MIN_FRAME_SHARE:
+            backgrounds.append([frame, fill])
+    # the background that leaves the most rectangular picture
+    found = [box for colours in backgrounds if (box := _picture_box(arr, colours)) is not None]
+    if not found:
+        return None
+    _, cx, cy, bw, bh, angle = max(found)
+    if bw * bh < MIN_AREA * h * w or (bw >= FULL * w and bh >= FULL * h):
+        return None
+    # one working pixel in from each side: the box's edge pixels mix picture and frame
+    inv = 1 / scale
+    return Picture(cx * inv, cy * inv, (bw - 2) * inv, (bh - 2) * inv, angle)
+
+
+def _picture_box(arr: np.ndarray, colours: list[np.ndarray]):
+    """The upright box (_upright_box) of the largest region unlike every background colour."""
+    from scipy import ndimage
+
+    mask = np.ones(arr.shape[:2], bool)
+    for colour in colours:
+        mask &= np.abs(arr - colour).max(2) > TOLERANCE
     mask = ndimage.binary_opening(mask, np.ones((3, 3), bool), iterations=1)
     labels, count = ndimage.label(mask)
     if count == 0:
         return None
-    sizes = np.bincount(labels.ravel())[1:]
-    biggest = int(np.argmax(sizes))
-    rows, cols = ndimage.find_objects(labels)[biggest]
-    top, bottom, left, right = rows.start, rows.stop, cols.start, cols.stop
-    if (bottom - top) * (right - left) < MIN_AREA * h * w:
-        return None
-    # a picture is a rectangle (perhaps turned a little); a shape drawn on a plain background
-    # (a disc fills 79% of its box) is the image itself, not a picture in a frame
-    solid = ndimage.binary_fill_holes(labels[rows, cols] == biggest + 1)
-    if solid.mean() < MIN_FILL:
-        return None
-    if bottom - top >= FULL * h and right - left >= FULL * w:
-        return None
-    # one working pixel in from each side: the box's edge pixels mix picture and frame
-    inv = 1 / scale
-    return (
-        round((left + 1) * inv),
-        round((top + 1) * inv),
-        min(img.width, round((right - 1) * inv)),
-        min(img.height, round((bottom - 1) * inv)),
-    )
+    biggest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    return _upright_box(ndimage.binary_fill_holes(labels == biggest))
+
+
+def _upright_box(region: np.ndarray):
+    """(share of the box the region fills, centre x, centre y, width, height, angle) of the
+    rectangle `region` (a boolean mask) is, in work pixels, or None when it is not a rectangle
+    turned by at most MAX_TURN."""
+    from scipy import ndimage
+
+    ys, xs = np.nonzero(region)
+    ox, oy = xs.mean() + 0.5, ys.mean() + 0.5
+    x, y = xs + 0.5 - ox, ys + 0.5 - oy
+    # the turn: search the outline's points only (a few hundred), every angle at once
+    edge = (region & ~ndimage.binary_erosion(region))[ys, xs]
+    angles = np.arange(-MAX_TURN, MAX_TURN + TURN_STEP / 2, TURN_STEP)
+    t = np.deg2rad(angles)[:, None]
+    # coordinates along the picture's own axes, were it turned by each angle counter-clockwise
+    u = x[edge] * np.cos(t) - y[edge] * np.sin(t)
+    v = x[edge] * np.sin(t) + y[edge] * np.cos(t)
+    lo, hi = np.percentile(u, [EDGE_TRIM, 100 - EDGE_TRIM], axis=1)
+    area = hi - lo
+    lo, hi = np.percentile(v, [EDGE_TRIM, 100 - EDGE_TRIM], axis=1)
+    area *= hi - lo
+    # the smallest turn whose box is (next to) the smallest: pixel binning alone makes an
+    # upright picture's box a little smaller at some small turn
+    near = np.nonzero(area <= area.min() / AREA_TIE)[0]
+    angle = float(angles[near[np.argmin(np.abs(angles[near]))]])
+    t = np.deg2rad(angle)
+    u = x * np.cos(t) - y * np.sin(t)
+    v = x * np.sin(t) + y * np.cos(t)
+    u0, v0 = u.min(), v.min()
+    cols = np.bincount(np.floor(u - u0).astype(int))
+    rows = np.bincount(np.floor(v - v0).astype(int))
+    spans = []
+    for profile in (cols, rows):
+        covered = np.nonzero(profile >= COVERED * np.median(profile[profile > 0]))[0]
+        lo, hi = covered.min(), covered.max() + 1
+        inside = profile[lo:hi]
+        if np.percentile(inside, 10) < FLAT * np.median(inside):
+            return None
+        spans.append((lo, hi))
+    (ulo, uhi), (vlo, vhi) = spans
+    fill = np.mean((u - u0 >= ulo) & (u - u0 < uhi) & (v - v0 >= vlo) & (v - v0 < vhi))
+    fill *= len(u) / ((uhi - ulo) * (vhi - vlo))
+    uc, vc = u0 + (ulo + uhi) / 2, v0 + (vlo + vhi) / 2
+    # back from the picture's axes to image coordinates
+    cx = ox + uc * np.cos(t) + vc * np.sin(t)
+    cy = oy - uc * np.sin(t) + vc * np.cos(t)
+    return float(fill), cx, cy, float(uhi - ulo), float(vhi - vlo), float(angle)
 
 
 def thumbnails(img: Image.Image, size: int) -> list[np.ndarray]:
     """The image's square thumbnail, then, while the picture has a plain frame of its own (a
-    framed copy in a screenshot), the thumbnail of the picture inside each frame: at most
-    VIEWS in all."""
+    framed copy in a screenshot), the thumbnail of the picture inside each frame, turned
+    upright: at most VIEWS in all."""
     out = [np.asarray(resize_center_crop(img, size))]
-    while len(out) < VIEWS and (box := content_box(img)) is not None:
-        img = img.crop(box)
+    while len(out) < VIEWS and (picture := find_picture(img)) is not None:
+        img = picture.crop(img)
         out.append(np.asarray(resize_center_crop(img, size)))
     return out
 

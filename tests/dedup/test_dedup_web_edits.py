@@ -72,15 +72,63 @@ def captioned(img: Image.Image) -> Image.Image:
         (screenshot, (30, 24, 118, 112)),
     ],
 )
-def test_content_box_finds_the_picture_inside_a_plain_frame(make, inside):
-    box = views.content_box(make(textured(5)))
-    assert box is not None
-    assert all(abs(got - want) <= 3 for got, want in zip(box, inside, strict=True)), box
+def test_find_picture_finds_the_picture_inside_a_plain_frame(make, inside):
+    picture = views.find_picture(make(textured(5)))
+    assert picture is not None and picture.angle == 0
+    assert all(abs(got - want) <= 3 for got, want in zip(picture.box, inside, strict=True)), picture
+
+
+def thumb(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.resize((32, 32), Image.Resampling.BOX))[None]
+
+
+@pytest.mark.parametrize(
+    "angle, frame, fill",
+    [(-9, (255, 255, 255), "black"), (5, (20, 120, 60), "white"), (10, (0, 0, 0), "white")],
+)
+def test_a_turned_frame_gives_the_picture_turned_upright(angle, frame, fill):
+    original = textured(7)
+    copy = framed(original, 0.6, frame).rotate(angle, Image.Resampling.BICUBIC, fillcolor=fill)
+    picture = views.find_picture(copy)
+    assert picture is not None
+    assert abs(picture.angle - angle) <= 1.5, picture
+    assert abs(picture.width - 58) <= 3 and abs(picture.height - 58) <= 3, picture
+    upright = picture.crop(copy)
+    # lined up as a whole: no turn, no crop needed
+    score = verify.alignment(
+        thumb(upright),
+        thumb(original),
+        np.zeros(1, int),
+        np.zeros(1, int),
+        angles=(0.0,),
+        min_side=30,
+    )
+    assert score[0] >= 0.95
+
+
+def test_a_logo_touching_the_picture_does_not_widen_its_box():
+    copy = framed(textured(8), 0.6, (255, 255, 255))  # the picture at 19..77
+    ImageDraw.Draw(copy).rectangle((70, 70, 90, 90), fill=(200, 30, 30))  # a badge over its corner
+    picture = views.find_picture(copy)
+    assert picture is not None
+    assert all(
+        abs(got - want) <= 3 for got, want in zip(picture.box, (19, 19, 77, 77), strict=True)
+    ), picture
+
+
+def test_a_shape_on_a_plain_background_is_not_a_picture_in_a_frame():
+    for angle in (0, 7):
+        disc = Image.new("RGB", (96, 96), "white")
+        ImageDraw.Draw(disc).ellipse((20, 20, 76, 76), fill=(200, 40, 40))
+        assert views.find_picture(disc.rotate(angle)) is None
+        triangle = Image.new("RGB", (96, 96), "white")
+        ImageDraw.Draw(triangle).polygon([(10, 80), (86, 80), (48, 14)], fill=(40, 40, 200))
+        assert views.find_picture(triangle.rotate(angle, fillcolor="white")) is None
 
 
 def test_images_without_a_plain_frame_have_one_view():
-    assert views.content_box(textured(6)) is None
-    assert views.content_box(textured(6).resize((90, 60))) is None
+    assert views.find_picture(textured(6)) is None
+    assert views.find_picture(textured(6).resize((90, 60))) is None
     assert len(views.thumbnails(textured(6), 32)) == 1
     descriptor = views.view_descriptors(textured(6)).reshape(views.VIEWS, -1)
     assert np.linalg.norm(descriptor[0]) == pytest.approx(1, abs=1e-5)

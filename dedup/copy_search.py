@@ -1,0 +1,132 @@
+"""Decontamination candidates from copy descriptors: which evaluation items a pool image may be
+a copy of.
+
+Two steps. First the index: each view of a pool image (dedup/views.py) looks up its NEIGHBOURS
+nearest evaluation variants (dedup/decontaminate.py variants: crops, turns, mirrors) by 8x8
+luminance descriptor, giving each view its WIDE_ITEMS most similar items. The index holds few
+variants per item, so a copy cropped between them (a 15% crop off-centre) often ranks its own
+item below unrelated ones there. Then a finer look at those items only: each is compared as
+many windows (WINDOW_SIDES x WINDOW_STEPS^2 positions x WINDOW_ANGLES, mirrored or not), and
+the TOP_ITEMS items whose best window reaches FLOOR become candidates for verification
+(dedup/verify.py). Measured on bench/dedup_quality.py's tune split.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from tqdm import tqdm
+
+from dedup import embeddings, views
+
+NEIGHBOURS = 64  # variants looked up per view
+NPROBE = 32  # inverted lists searched when the variant index is IVF
+WIDE_ITEMS = 16  # items per view looked at window by window
+TOP_ITEMS = 2  # candidates kept per pool image
+FLOOR = 0.7  # least window similarity of a candidate
+WINDOW_SIDES = (32, 30, 28, 26, 24)  # on the 32 px thumbnail
+WINDOW_STEPS = 3  # positions per axis of each smaller window: both edges and the centre
+WINDOW_ANGLES = (-8.0, -4.0, 0.0, 4.0, 8.0)  # degrees
+SIZE = 32
+
+
+def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(pool row, item) candidate pairs; `copy` holds each pool row's view_descriptors and
+    `index` is a decontaminate.EvalIndex (its variant descriptors and thumbnails)."""
+    dim = views.COPY_GRID**2
+    per_view = copy.reshape(-1, dim)
+    present = np.nonzero(np.abs(per_view).sum(1) > 0)[0]  # views the image has
+    found = embeddings.similar(
+        index.copy,
+        per_view[present],
+        -1.0,
+        k=NEIGHBOURS,
+        nprobe=NPROBE,
+        progress=progress,
+        desc="overlap copies",
+    )
+    view, item = present[found.query], found.db // index.per_item
+    view, item = _top_per_group(view, item, found.sim, WIDE_ITEMS)
+    sim = _window_similarity(per_view, index.thumbs, view, item, progress)
+    row = view // views.VIEWS
+    keep = sim >= FLOOR
+    return _top_per_group(row[keep], item[keep], sim[keep], TOP_ITEMS)
+
+
+def _top_per_group(group, item, sim, top):
+    """The `top` most similar distinct items of each group (best similarity per item)."""
+    order = np.lexsort((-sim, item, group))
+    group, item, sim = group[order], item[order], sim[order]
+    first = np.ones(len(group), bool)
+    first[1:] = (group[1:] != group[:-1]) | (item[1:] != item[:-1])
+    group, item, sim = group[first], item[first], sim[first]
+    order = np.lexsort((-sim, group))
+    group, item = group[order], item[order]
+    rank = np.arange(len(group)) - np.searchsorted(group, group, side="left")
+    return group[rank < top], item[rank < top]
+
+
+@functools.cache
+def _windows():
+    """(W, 2, 3) affine_grid matrices of every window, in [-1, 1] coordinates."""
+    import torch
+
+    out = []
+    for angle in WINDOW_ANGLES:
+        for side in WINDOW_SIDES:
+            offsets = np.linspace(0, SIZE - side, WINDOW_STEPS if side < SIZE else 1)
+            for y in offsets:
+                for x in offsets:
+                    t, h = math.radians(angle), side / SIZE
+                    c, s = math.cos(t), math.sin(t)
+                    cx, cy = (x + side / 2) / (SIZE / 2) - 1, (y + side / 2) / (SIZE / 2) - 1
+                    out.append([[h * c, -h * s, cx], [h * s, h * c, cy]])
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def window_descriptors(thumbs: np.ndarray):
+    """uint8 (N, 32, 32, 3) -> torch (N, 2W, 64): the copy descriptor (views.copy_descriptor)
+    of every window of each thumbnail, then of every window of its mirror."""
+    import torch
+    import torch.nn.functional as F
+
+    luma = torch.from_numpy(np.ascontiguousarray(thumbs)).float() @ torch.tensor(
+        [0.299, 0.587, 0.114]
+    )
+    luma = torch.cat([luma, luma.flip(2)])[:, None]  # (2N, 1, S, S), mirrors last
+    theta = _windows()
+    grid = F.affine_grid(theta, (len(theta), 1, 16, 16), align_corners=False)
+    n, w = len(thumbs), len(theta)
+    out = torch.empty(2 * n, w, 64)
+    for i in range(2 * n):  # one image's windows at a time: (W, 1, 16, 16)
+        sampled = F.grid_sample(luma[i : i + 1].expand(w, -1, -1, -1), grid, align_corners=False)
+        out[i] = F.avg_pool2d(sampled, 2).reshape(w, 64)  # 8x8 cells, as copy_descriptor
+    out -= out.mean(-1, keepdim=True)
+    out = F.normalize(out, dim=-1, eps=1e-6)
+    return torch.cat([out[:n], out[n:]], 1)
+
+
+ITEMS_PER_CHUNK = 256
+
+
+def _window_similarity(per_view, eval_thumbs, view, item, progress=False) -> np.ndarray:
+    """For each (pool view, item) pair, the best similarity of the view's descriptor to one of
+    the item's windows."""
+    import torch
+
+    out = np.zeros(len(view), np.float32)
+    order = np.argsort(item, kind="stable")
+    items, starts = np.unique(item[order], return_index=True)
+    bounds = np.append(starts, len(order))
+    chunks = range(0, len(items), ITEMS_PER_CHUNK)
+    with torch.inference_mode():
+        for c in tqdm(chunks, disable=not progress, desc="overlap windows", unit="chunk"):
+            chunk = items[c : c + ITEMS_PER_CHUNK]
+            desc = window_descriptors(eval_thumbs[chunk])
+            for k in range(len(chunk)):
+                sel = order[bounds[c + k] : bounds[c + k + 1]]
+                pool = torch.from_numpy(per_view[view[sel]])
+                out[sel] = (pool @ desc[k].T).amax(1).numpy()
+    return out
