@@ -11,6 +11,10 @@ fill a rotation leaves in the corners is not compared), in luminance after a 3x3
 grayscale and colour-shifted copies compare like the original); each sample vector is made
 zero-mean and unit length.
 
+A pool image with little of the item's fine detail (less than SOFT_GATE of it: a blurred copy)
+is compared a second time with both sides blurred more (SOFT_BLUR), and the better score kept;
+sharp images are not, since softened unrelated images line up more often.
+
 The score is a trimmed correlation at the best window: the TRIM share of samples that differ
 most (a caption, a logo, a watermark's letters) is left out and the correlation recomputed.
 Copies under the edits of bench/web_edits.py score above 0.9; unrelated images rarely do.
@@ -36,6 +40,8 @@ PAIR_MIN_SIDE = 27  # the same for two pool images (pair_alignment)
 ANGLES = (-10.0, -5.0, 0.0, 5.0, 10.0)  # degrees
 MIN_CHROMA = 0.02  # colour-difference size (RMS) below which an image counts as grayscale
 TRIM = 0.15  # share of samples left out of the final correlation
+SOFT_BLUR = 7  # box side of the second, softer comparison (blurred copies)
+SOFT_GATE = 0.6  # ... made only when the pool image has less than this share of the item's detail
 ITEMS_PER_CHUNK = 64  # evaluation items whose window descriptors are held at once
 
 
@@ -95,18 +101,31 @@ def describe(window: int, min_side: int = MIN_SIDE, angles: tuple[float, ...] = 
     return ", ".join(parts) or "whole"
 
 
-def _luma(thumbs, device):
-    """uint8 (N, SIZE, SIZE, 3) -> blurred luminance (N, 1, SIZE, SIZE) in [0, 1]."""
+def _luma(thumbs, device, soft: bool = False):
+    """uint8 (N, SIZE, SIZE, 3) -> (N, 4, SIZE, SIZE): blurred luminance in [0, 1], its edge
+    strength and two colour differences; blurred more (SOFT_BLUR) when `soft`."""
     import torch
 
     if thumbs.ndim != 4 or thumbs.shape[1:] != (SIZE, SIZE, 3) or thumbs.dtype != np.uint8:
         raise ValueError(f"thumbnails must be uint8 (N, {SIZE}, {SIZE}, 3), got {thumbs.shape}")
     x = torch.from_numpy(np.ascontiguousarray(thumbs)).to(device).float() / 255.0
-    x = torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=False)
+    k = SOFT_BLUR if soft else 3
+    x = torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), k, 1, k // 2, count_include_pad=False)
     y = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
     gx = torch.nn.functional.pad(y[..., :, 2:] - y[..., :, :-2], (1, 1, 0, 0), mode="replicate")
     gy = torch.nn.functional.pad(y[..., 2:, :] - y[..., :-2, :], (0, 0, 1, 1), mode="replicate")
     return torch.cat([y, (gx.square() + gy.square()).sqrt(), x[:, 2:3] - y, x[:, 0:1] - y], 1)
+
+
+def _detail(thumbs, device):
+    """(N,) fine detail of each thumbnail: the spread of luminance minus its 3x3 blur, as a
+    share of the luminance spread (a blurred copy keeps little of its original's)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(thumbs)).to(device).float()
+    y = (x @ torch.tensor([0.299, 0.587, 0.114], device=device))[:, None]
+    fine = y - torch.nn.functional.avg_pool2d(y, 3, 1, 1, count_include_pad=False)
+    return fine.flatten(1).std(1) / y.flatten(1).std(1).clamp_min(1e-3)
 
 
 def _unit(v):
@@ -176,6 +195,7 @@ def alignment(
     min_side: int = MIN_SIDE,
     angles: tuple[float, ...] = ANGLES,
     with_window: bool = False,
+    soft: bool = True,
 ):
     """Alignment score of each pair (pool_thumbs[pool_rows[k]], eval_thumbs[eval_rows[k]]),
     searching windows of side >= `min_side` turned by each of `angles`; with `with_window`,
@@ -191,25 +211,40 @@ def alignment(
     with torch.inference_mode(), bar:
         centre = _sample_points([(SIZE / 2, SIZE / 2, SIZE, 0.0)], device)
         need = np.unique(pool_rows)
-        pool = _luma(pool_thumbs[need], device)
-        pool_desc = _sample(pool, centre.expand(len(need), -1, -1)[:, None])[:, 0]  # (n, 4, G)
         windows = _sample_points(_boxes(min_side, angles), device)
+        # sharp, then soft: a blurred copy lines up with the softened original
+        levels = (False, True) if soft else (False,)
+        at_centre = centre.expand(len(need), -1, -1)[:, None]
+        pool_desc = [
+            _sample(_luma(pool_thumbs[need], device, lv), at_centre)[:, 0] for lv in levels
+        ]  # (n, 4, G) each
+        pool_detail = _detail(pool_thumbs[need], device)
         order = np.argsort(eval_rows, kind="stable")
         items, starts = np.unique(eval_rows[order], return_index=True)
         bounds = np.append(starts, len(order))
         for c in range(0, len(items), ITEMS_PER_CHUNK):
             chunk = items[c : c + ITEMS_PER_CHUNK]
-            ev = _luma(eval_thumbs[chunk], device)
-            ev = torch.cat([ev, ev.flip(3)])  # the mirrors follow the originals
-            desc = _sample(ev, windows.expand(len(ev), -1, -1, -1))
-            desc = torch.cat([desc[: len(chunk)], desc[len(chunk) :]], 1)  # (items, 2K, 4, G)
+            detail = _detail(eval_thumbs[chunk], device)
+            descs = []
+            for lv in levels:
+                ev = _luma(eval_thumbs[chunk], device, lv)
+                ev = torch.cat([ev, ev.flip(3)])  # the mirrors follow the originals
+                desc = _sample(ev, windows.expand(len(ev), -1, -1, -1))
+                descs.append(torch.cat([desc[: len(chunk)], desc[len(chunk) :]], 1))
             for k in range(len(chunk)):
                 sel = order[bounds[c + k] : bounds[c + k + 1]]
                 rows = torch.from_numpy(np.searchsorted(need, pool_rows[sel])).to(device)
-                p = pool_desc[rows]  # (m, G)
-                best = (p.flatten(1) @ desc[k].flatten(1).T).argmax(1)  # best window per pair
-                out[sel] = _score(p, desc[k][best]).cpu().numpy()
-                best_window[sel] = best.cpu().numpy()
+                for lv, (pool, desc) in enumerate(zip(pool_desc, descs, strict=True)):
+                    p = pool[rows]  # (m, 4, G)
+                    best = (p.flatten(1) @ desc[k].flatten(1).T).argmax(1)  # per pair
+                    score = _score(p, desc[k][best]).cpu().numpy()
+                    if lv:  # only a copy blurred well below the item's detail
+                        blurred = pool_detail[rows] < SOFT_GATE * detail[k]
+                        better = (score > out[sel]) & blurred.cpu().numpy()
+                    else:
+                        better = np.ones(len(sel), bool)
+                    out[sel[better]] = score[better]
+                    best_window[sel[better]] = best.cpu().numpy()[better]
                 bar.update(len(sel))
     return (out, best_window) if with_window else out
 
@@ -223,7 +258,7 @@ def pair_alignment(
     Pool duplicates are linked by a close hash or feature, so they differ by small crops only:
     windows of side >= PAIR_MIN_SIDE, not turned (about 20 times less work per image than an
     evaluation check, which matters when 10^5 linked pairs are checked)."""
-    kw = {"min_side": PAIR_MIN_SIDE, "angles": (0.0,)}
+    kw = {"min_side": PAIR_MIN_SIDE, "angles": (0.0,), "soft": False}
     return np.maximum(
         alignment(thumbs, thumbs, a, b, progress, "verify duplicates (1/2)", **kw),
         alignment(thumbs, thumbs, b, a, progress, "verify duplicates (2/2)", **kw),

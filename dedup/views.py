@@ -31,6 +31,7 @@ AREA_TIE = 0.998  # boxes this close to the smallest count as smallest (the leas
 COVERED = 0.5  # a row (column) belongs to the picture when the region covers this share of it
 FLAT = 0.8  # a picture's rows (columns) are covered alike: the 10th percentile >= FLAT * median
 SECOND_SHARE = 0.1  # a second plain colour on this share of the ring is background too
+RAMP = 0.1  # share of a side a blurred picture may fade into its frame over
 FULL = 0.96  # a box covering this much of both sides is the whole image
 
 
@@ -94,11 +95,34 @@ def find_picture(img: Image.Image) -> Picture | None:
     if not found:
         return None
     _, cx, cy, bw, bh, angle = max(found)
+    if angle == 0:
+        cx, cy, bw, bh = _without_blur_ramp(np.abs(arr - frame).max(2), cx, cy, bw, bh)
     if bw * bh < MIN_AREA * h * w or (bw >= FULL * w and bh >= FULL * h):
         return None
     # one working pixel in from each side: the box's edge pixels mix picture and frame
     inv = 1 / scale
     return Picture(cx * inv, cy * inv, (bw - 2) * inv, (bh - 2) * inv, angle)
+
+
+def _without_blur_ramp(contrast: np.ndarray, cx, cy, bw, bh):
+    """The box with each side moved in to where the picture's contrast with the frame reaches
+    half its level inside (at most RAMP of the side): a blurred copy fades into its frame, and
+    the box of everything unlike the frame takes in the fade."""
+    left, top = round(cx - bw / 2), round(cy - bh / 2)
+    right, bottom = left + round(bw), top + round(bh)
+    inside = contrast[top:bottom, left:right].astype(np.float32)
+    cut = []
+    for profile in (
+        inside.mean(1),  # rows from the top
+        inside.mean(1)[::-1],  # from the bottom
+        inside.mean(0),  # columns from the left
+        inside.mean(0)[::-1],  # from the right
+    ):
+        depth = max(1, round(RAMP * len(profile)))
+        level = profile[: 2 * depth].max()
+        cut.append(min(depth, int(np.argmax(profile[:depth] >= level / 2))))
+    top, bottom, left, right = top + cut[0], bottom - cut[1], left + cut[2], right - cut[3]
+    return (left + right) / 2, (top + bottom) / 2, right - left, bottom - top
 
 
 def _picture_box(arr: np.ndarray, colours: list[np.ndarray]):
