@@ -122,7 +122,7 @@ def _detail(thumbs, device):
     share of the luminance spread (a blurred copy keeps little of its original's)."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(thumbs)).to(device).float()
+    x = torch.from_numpy(np.asarray(thumbs, np.float32)).to(device)
     y = (x @ torch.tensor([0.299, 0.587, 0.114], device=device))[:, None]
     fine = y - torch.nn.functional.avg_pool2d(y, 3, 1, 1, count_include_pad=False)
     return fine.flatten(1).std(1) / y.flatten(1).std(1).clamp_min(1e-3)

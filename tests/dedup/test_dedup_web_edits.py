@@ -63,6 +63,10 @@ def captioned(img: Image.Image) -> Image.Image:
     return big
 
 
+def near(box, want, tolerance: int = 3) -> bool:
+    return all(abs(got - w) <= tolerance for got, w in zip(box, want, strict=True))
+
+
 @pytest.mark.parametrize(
     "make, inside",
     [
@@ -75,7 +79,30 @@ def captioned(img: Image.Image) -> Image.Image:
 def test_find_picture_finds_the_picture_inside_a_plain_frame(make, inside):
     picture = views.find_picture(make(textured(5)))
     assert picture is not None and picture.angle == 0
-    assert all(abs(got - want) <= 3 for got, want in zip(picture.box, inside, strict=True)), picture
+    assert near(picture.box, inside), picture
+
+
+def test_a_blurred_screenshot_gives_the_picture_without_its_fade():
+    page = screenshot(textured(5)).filter(ImageFilter.GaussianBlur(3))  # picture at 30..118
+    picture = views.find_picture(page)
+    assert picture is not None
+    assert near(picture.box, (30, 24, 118, 112)), picture
+
+
+def test_a_blurred_copy_is_also_compared_softened_and_a_sharp_unrelated_image_is_not():
+    one = np.zeros(1, int)
+    for k in range(4):
+        original, unrelated = textured(40 + k), textured(60 + k)
+        blurred = original.resize((96, 96), Image.Resampling.BICUBIC)
+        blurred = blurred.filter(ImageFilter.GaussianBlur(4))
+        soft = verify.alignment(thumb(blurred), thumb(original), one, one)[0]
+        sharp = verify.alignment(thumb(blurred), thumb(original), one, one, soft=False)[0]
+        assert soft >= 0.98 and soft > sharp + 0.02, (soft, sharp)
+        other = [
+            verify.alignment(thumb(unrelated), thumb(original), one, one, soft=s)[0]
+            for s in (True, False)
+        ]
+        assert other[0] == other[1] < 0.8
 
 
 def thumb(img: Image.Image) -> np.ndarray:
@@ -111,9 +138,7 @@ def test_a_logo_touching_the_picture_does_not_widen_its_box():
     ImageDraw.Draw(copy).rectangle((70, 70, 90, 90), fill=(200, 30, 30))  # a badge over its corner
     picture = views.find_picture(copy)
     assert picture is not None
-    assert all(
-        abs(got - want) <= 3 for got, want in zip(picture.box, (19, 19, 77, 77), strict=True)
-    ), picture
+    assert near(picture.box, (19, 19, 77, 77)), picture
 
 
 def test_a_shape_on_a_plain_background_is_not_a_picture_in_a_frame():
