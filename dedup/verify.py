@@ -212,41 +212,62 @@ def alignment(
         centre = _sample_points([(SIZE / 2, SIZE / 2, SIZE, 0.0)], device)
         need = np.unique(pool_rows)
         windows = _sample_points(_boxes(min_side, angles), device)
-        # sharp, then soft: a blurred copy lines up with the softened original
         levels = (False, True) if soft else (False,)
         at_centre = centre.expand(len(need), -1, -1)[:, None]
         pool_desc = [
             _sample(_luma(pool_thumbs[need], device, lv), at_centre)[:, 0] for lv in levels
         ]  # (n, 4, G) each
-        pool_detail = _detail(pool_thumbs[need], device)
         order = np.argsort(eval_rows, kind="stable")
         items, starts = np.unique(eval_rows[order], return_index=True)
         bounds = np.append(starts, len(order))
+        local = np.searchsorted(need, pool_rows)
+        # the softened comparison, for copies with little of their item's detail (blurred)
+        blurred = np.zeros(len(pool_rows), bool)
+        if soft:
+            item_detail = _detail(eval_thumbs[items], device).cpu().numpy()
+            pool_detail = _detail(pool_thumbs[need], device).cpu().numpy()
+            blurred = (
+                pool_detail[local] < SOFT_GATE * item_detail[np.searchsorted(items, eval_rows)]
+            )
         for c in range(0, len(items), ITEMS_PER_CHUNK):
             chunk = items[c : c + ITEMS_PER_CHUNK]
-            detail = _detail(eval_thumbs[chunk], device)
-            descs = []
-            for lv in levels:
-                ev = _luma(eval_thumbs[chunk], device, lv)
-                ev = torch.cat([ev, ev.flip(3)])  # the mirrors follow the originals
-                desc = _sample(ev, windows.expand(len(ev), -1, -1, -1))
-                descs.append(torch.cat([desc[: len(chunk)], desc[len(chunk) :]], 1))
+            in_chunk = order[bounds[c] : bounds[c + len(chunk)]]
+            descs = [
+                _window_descriptors(eval_thumbs[chunk], windows, device, lv)
+                if lv == 0 or blurred[in_chunk].any()
+                else None
+                for lv in levels
+            ]
             for k in range(len(chunk)):
                 sel = order[bounds[c + k] : bounds[c + k + 1]]
-                rows = torch.from_numpy(np.searchsorted(need, pool_rows[sel])).to(device)
-                for lv, (pool, desc) in enumerate(zip(pool_desc, descs, strict=True)):
-                    p = pool[rows]  # (m, 4, G)
-                    best = (p.flatten(1) @ desc[k].flatten(1).T).argmax(1)  # per pair
-                    score = _score(p, desc[k][best]).cpu().numpy()
-                    if lv:  # only a copy blurred well below the item's detail
-                        blurred = pool_detail[rows] < SOFT_GATE * detail[k]
-                        better = (score > out[sel]) & blurred.cpu().numpy()
-                    else:
-                        better = np.ones(len(sel), bool)
-                    out[sel[better]] = score[better]
-                    best_window[sel[better]] = best.cpu().numpy()[better]
+                out[sel], best_window[sel] = _best(pool_desc[0], local[sel], descs[0][k], device)
+                soft_sel = sel[blurred[sel]]
+                if len(soft_sel):
+                    score, window = _best(pool_desc[1], local[soft_sel], descs[1][k], device)
+                    better = score > out[soft_sel]
+                    out[soft_sel[better]] = score[better]
+                    best_window[soft_sel[better]] = window[better]
                 bar.update(len(sel))
     return (out, best_window) if with_window else out
+
+
+def _window_descriptors(thumbs, windows, device, soft: bool):
+    """(items, 2K, 4, G) descriptors of every window of each thumbnail, then of its mirror."""
+    import torch
+
+    ev = _luma(thumbs, device, soft)
+    ev = torch.cat([ev, ev.flip(3)])  # the mirrors follow the originals
+    desc = _sample(ev, windows.expand(len(ev), -1, -1, -1))
+    return torch.cat([desc[: len(thumbs)], desc[len(thumbs) :]], 1)
+
+
+def _best(pool_desc, rows: np.ndarray, item_desc, device):
+    """Score and index of the best window of one item for each of the pool descriptors' rows."""
+    import torch
+
+    p = pool_desc[torch.from_numpy(rows).to(device)]  # (m, 4, G)
+    best = (p.flatten(1) @ item_desc.flatten(1).T).argmax(1)  # the best window of each
+    return _score(p, item_desc[best]).cpu().numpy(), best.cpu().numpy()
 
 
 def pair_alignment(
