@@ -41,6 +41,7 @@ ROTATION_KEEP = 0.86  # central share of a turned image's side that holds no emp
 CANDIDATE_RADIUS = 8
 CANDIDATE_SIM = 0.85
 VERIFY_SIM_HASH = 0.93
+MOVED_MARGIN = 0.0  # extra alignment asked of a cropped or turned window (accepts)
 PAIR_CHUNK = 50_000
 
 
@@ -163,7 +164,7 @@ def find_overlaps(
     rows, items = _candidate_pairs(index, codes, features, copy, candidate_sim, method, progress)
     ham, sim = _pair_scores(index, codes, features, rows, items)
     align, view, window = _best_view_alignment(index, rows, items, load_views, progress)
-    accept = (align >= verify_sim) | ((ham <= radius) & (align >= verify_sim_hash))
+    accept = accepts(align, ham, window, radius, verify_sim, verify_sim_hash)
     out: dict[int, Overlap] = {}
     order = np.argsort(-align, kind="stable")
     for k in order[accept[order]]:
@@ -187,6 +188,28 @@ def find_overlaps(
             h, s = _pair_scores(index, codes, features, np.array([row]), np.array([item]))
             out[row] = Overlap(item, reason, int(h[0]), None if s is None else float(s[0]), None)
     return out, Candidates(rows, items, ham, sim, align, view, window)
+
+
+def accepts(
+    align: np.ndarray,
+    ham: np.ndarray,
+    window: np.ndarray,
+    radius: int,
+    verify_sim: float,
+    verify_sim_hash: float,
+    moved_margin: float = MOVED_MARGIN,
+) -> np.ndarray:
+    """Which verified pairs match: alignment >= verify_sim, or >= verify_sim_hash with the
+    hash within `radius`; `moved_margin` more when the best window is cropped or turned (one
+    of many windows tried, so an unrelated image reaches a high score there more easily)."""
+    need = moved_margin * _moved(window)
+    return (align >= verify_sim + need) | ((ham <= radius) & (align >= verify_sim_hash + need))
+
+
+def _moved(window: np.ndarray) -> np.ndarray:
+    """Whether each best window is cropped or turned (dedup/verify.py window_shape)."""
+    shapes = [verify.window_shape(int(w)) for w in window]
+    return np.array([crop > 0 or angle != 0 for crop, angle, _ in shapes], bool)
 
 
 def _best_view_alignment(index, rows, items, load_views, progress):
