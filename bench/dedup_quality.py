@@ -177,6 +177,9 @@ def main() -> None:
         f"the alignment check confirmed {pairs['confirmed']} as duplicates"
     )
     tuning_table(result.candidates, urls, truth, args.radius, VERIFY_SIM_HASH)
+    miss_table(
+        result.candidates, urls, truth, args.radius, s["verify_sim"], s["verify_sim_with_hash"]
+    )
     if not args.skip_train:
         train_vs_test(data, args, extractor, key)
 
@@ -349,6 +352,40 @@ def tuning_table(cand, urls, truth, radius, sim_hash) -> None:
                 f"{vs:>10} {margin:>6} {split:>6} {len(clean) / n_clean:>8.5f} {rec[worst]:>10.3f} "
                 f"{worst:>13} {in_pairs[wp]:>12.3f} {wp}"
             )
+
+
+def miss_table(cand, urls, truth, radius, verify_sim, sim_hash) -> None:
+    """Why copies are missed, per family (alone and in pairs, tune split): their own item was
+    never a candidate, or it was and its alignment fell short (the median of those), or
+    another item was matched instead."""
+    from dedup.decontaminate import accepts
+
+    ok = accepts(cand.alignment, cand.hamming, cand.window, radius, verify_sim, sim_hash)
+    source = np.array([-1 if truth[u][1] is None else truth[u][1] for u in urls])
+    own = source[cand.row] == cand.item
+    best_own = np.full(len(urls), -np.inf)
+    np.maximum.at(best_own, cand.row[own], cand.alignment[own])
+    found_own = np.zeros(len(urls), bool)
+    found_own[cand.row[ok & own]] = True
+    found_other = np.zeros(len(urls), bool)
+    found_other[cand.row[ok & ~own]] = True
+    kinds = [truth[u][0] for u in urls]
+    tune = np.array([split_of(u) == "tune" for u in urls])
+    print(f"\nmissed copies (tune split, verify_sim {verify_sim}), per family alone and in pairs")
+    print(
+        f"{'family':<13} {'copies':>6} {'missed':>6} {'no cand.':>8} {'below':>6} "
+        f"{'median':>6} {'other item':>10}"
+    )
+    for fam in web_edits.FAMILIES:
+        mine = tune & np.array([fam in k.split("+") for k in kinds])
+        missed = mine & (source >= 0) & ~found_own
+        no_cand = missed & np.isneginf(best_own)
+        below = missed & ~no_cand
+        median = float(np.median(best_own[below])) if below.any() else float("nan")
+        print(
+            f"{fam:<13} {int(mine.sum()):>6} {int(missed.sum()):>6} {int(no_cand.sum()):>8} "
+            f"{int(below.sum()):>6} {median:>6.3f} {int((missed & found_other).sum()):>10}"
+        )
 
 
 def train_vs_test(data: Path, args, extractor, key) -> None:

@@ -38,7 +38,8 @@ def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndar
     dim = views.COPY_GRID**2
     per_view = copy.reshape(-1, dim)
     present = np.nonzero(np.abs(per_view).sum(1) > 0)[0]  # views the image has
-    found = embeddings.similar(
+    nearest = []  # (view, item) pairs, WIDE_ITEMS per view, reduced chunk by chunk
+    for found in embeddings.similar_chunks(
         index.copy,
         per_view[present],
         -1.0,
@@ -46,9 +47,12 @@ def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndar
         nprobe=NPROBE,
         progress=progress,
         desc="overlap copies",
-    )
-    view, item = present[found.query], found.db // index.per_item
-    view, item = _top_per_group(view, item, found.sim, WIDE_ITEMS)
+    ):
+        view, item = present[found.query], found.db // index.per_item
+        nearest.append(_first_items(view, item, WIDE_ITEMS))
+    if not nearest:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    view, item = (np.concatenate(a) for a in zip(*nearest, strict=True))
     sim = _window_similarity(per_view, index.thumbs, view, item, progress)
     row = view // views.VIEWS
     keep = sim >= FLOOR
@@ -57,13 +61,16 @@ def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndar
 
 def _top_per_group(group, item, sim, top):
     """The `top` most similar distinct items of each group (best similarity per item)."""
-    order = np.lexsort((-sim, item, group))
-    group, item, sim = group[order], item[order], sim[order]
-    first = np.ones(len(group), bool)
-    first[1:] = (group[1:] != group[:-1]) | (item[1:] != item[:-1])
-    group, item, sim = group[first], item[first], sim[first]
     order = np.lexsort((-sim, group))
-    group, item = group[order], item[order]
+    return _first_items(group[order], item[order], top)
+
+
+def _first_items(group, item, top):
+    """The first `top` distinct items of each group, for pairs ordered by group and, within a
+    group, best first (as a FAISS search returns them)."""
+    key = group * (int(item.max(initial=0)) + 1) + item
+    first = np.sort(np.unique(key, return_index=True)[1])  # stable: each pair's first place
+    group, item = group[first], item[first]
     rank = np.arange(len(group)) - np.searchsorted(group, group, side="left")
     return group[rank < top], item[rank < top]
 

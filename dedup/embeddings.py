@@ -120,11 +120,31 @@ def similar(
     sees one. A k-nearest-neighbour search then a threshold (GPU indexes have no range search);
     `nprobe` inverted lists are searched per query (IVF).
     """
+    parts = list(similar_chunks(db, queries, threshold, k, progress, desc, nprobe))
+    if not parts:
+        return Matches(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+    return Matches(
+        *(np.concatenate([getattr(m, f) for m in parts]) for f in ("query", "db", "sim"))
+    )
+
+
+def similar_chunks(
+    db: np.ndarray,
+    queries: np.ndarray,
+    threshold: float,
+    k: int = 16,
+    progress: bool = False,
+    desc: str = "feature search",
+    nprobe: int = 16,
+):
+    """`similar`, one Matches per SEARCH_CHUNK queries (query indices global), so a caller can
+    reduce each before the next: within a chunk the matches are ordered by query, then by
+    similarity, highest first."""
     import faiss
 
     db, queries = normalize(db), normalize(queries)
     if len(db) == 0 or len(queries) == 0:
-        return Matches(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+        return
     dim = db.shape[1]
     if len(db) <= FLAT_LIMIT:
         index = faiss.IndexFlatIP(dim)
@@ -136,11 +156,9 @@ def similar(
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(db)
-    parts = []
     starts = range(0, len(queries), SEARCH_CHUNK)
     for start in tqdm(starts, disable=not progress, desc=desc, unit="chunk"):
         sims, ids = index.search(queries[start : start + SEARCH_CHUNK], min(k, len(db)))
         keep = (ids >= 0) & (sims >= np.float32(threshold))
         rows = np.nonzero(keep)[0] + start
-        parts.append((rows.astype(np.int64), ids[keep].astype(np.int64), sims[keep]))
-    return Matches(*(np.concatenate(p) for p in zip(*parts, strict=True)))
+        yield Matches(rows.astype(np.int64), ids[keep].astype(np.int64), sims[keep])

@@ -43,6 +43,7 @@ TRIM = 0.15  # share of samples left out of the final correlation
 SOFT_BLUR = 7  # box side of the second, softer comparison (blurred copies)
 SOFT_GATE = 0.6  # ... made only when the pool image has less than this share of the item's detail
 ITEMS_PER_CHUNK = 64  # evaluation items whose window descriptors are held at once
+ROWS_PER_CHUNK = 4096  # pool thumbnails turned into descriptors at once (bounded memory)
 
 
 def _device():
@@ -125,7 +126,7 @@ def _detail(thumbs, device):
     x = torch.from_numpy(np.asarray(thumbs, np.float32)).to(device)
     y = (x @ torch.tensor([0.299, 0.587, 0.114], device=device))[:, None]
     fine = y - torch.nn.functional.avg_pool2d(y, 3, 1, 1, count_include_pad=False)
-    return fine.flatten(1).std(1) / y.flatten(1).std(1).clamp_min(1e-3)
+    return (fine.flatten(1).std(1) / y.flatten(1).std(1).clamp_min(1e-3)).cpu().numpy()
 
 
 def _unit(v):
@@ -209,26 +210,26 @@ def alignment(
     device = _device()
     bar = tqdm(total=len(pool_rows), disable=not progress, desc=label, unit="pair")
     with torch.inference_mode(), bar:
-        centre = _sample_points([(SIZE / 2, SIZE / 2, SIZE, 0.0)], device)
         need = np.unique(pool_rows)
         windows = _sample_points(_boxes(min_side, angles), device)
         levels = (False, True) if soft else (False,)
-        at_centre = centre.expand(len(need), -1, -1)[:, None]
-        pool_desc = [
-            _sample(_luma(pool_thumbs[need], device, lv), at_centre)[:, 0] for lv in levels
-        ]  # (n, 4, G) each
         order = np.argsort(eval_rows, kind="stable")
         items, starts = np.unique(eval_rows[order], return_index=True)
         bounds = np.append(starts, len(order))
         local = np.searchsorted(need, pool_rows)
+        pool_desc = [_centre_descriptors(pool_thumbs, need, device, False)]  # (n, 4, G)
         # the softened comparison, for copies with little of their item's detail (blurred)
         blurred = np.zeros(len(pool_rows), bool)
         if soft:
-            item_detail = _detail(eval_thumbs[items], device).cpu().numpy()
-            pool_detail = _detail(pool_thumbs[need], device).cpu().numpy()
+            item_detail = _detail(eval_thumbs[items], device)
+            pool_detail = np.concatenate(
+                [_detail(pool_thumbs[r], device) for r in _row_chunks(need)]
+            )
             blurred = (
                 pool_detail[local] < SOFT_GATE * item_detail[np.searchsorted(items, eval_rows)]
             )
+            soft_rows = np.unique(local[blurred])  # local rows softened, in order
+            pool_desc.append(_centre_descriptors(pool_thumbs, need[soft_rows], device, True))
         for c in range(0, len(items), ITEMS_PER_CHUNK):
             chunk = items[c : c + ITEMS_PER_CHUNK]
             in_chunk = order[bounds[c] : bounds[c + len(chunk)]]
@@ -243,12 +244,29 @@ def alignment(
                 out[sel], best_window[sel] = _best(pool_desc[0], local[sel], descs[0][k], device)
                 soft_sel = sel[blurred[sel]]
                 if len(soft_sel):
-                    score, window = _best(pool_desc[1], local[soft_sel], descs[1][k], device)
+                    soft_local = np.searchsorted(soft_rows, local[soft_sel])
+                    score, window = _best(pool_desc[1], soft_local, descs[1][k], device)
                     better = score > out[soft_sel]
                     out[soft_sel[better]] = score[better]
                     best_window[soft_sel[better]] = window[better]
                 bar.update(len(sel))
     return (out, best_window) if with_window else out
+
+
+def _row_chunks(rows: np.ndarray):
+    return (rows[c : c + ROWS_PER_CHUNK] for c in range(0, len(rows), ROWS_PER_CHUNK))
+
+
+def _centre_descriptors(thumbs, rows, device, soft: bool):
+    """(len(rows), 4, G) descriptors of the whole of each pool thumbnail thumbs[rows]."""
+    import torch
+
+    centre = _sample_points([(SIZE / 2, SIZE / 2, SIZE, 0.0)], device)[:, None]  # (1, 1, G, 2)
+    parts = [
+        _sample(_luma(thumbs[r], device, soft), centre.expand(len(r), -1, -1, -1))[:, 0]
+        for r in _row_chunks(rows)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, 4, GRID * GRID, device=device)
 
 
 def _window_descriptors(thumbs, windows, device, soft: bool):

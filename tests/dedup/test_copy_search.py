@@ -44,3 +44,35 @@ def test_copies_between_the_index_variants_or_framed_and_turned_find_their_item(
     for row, item in enumerate(copies):
         assert item in found[rows == row], (item, found[rows == row])
         assert (rows == row).sum() <= copy_search.TOP_ITEMS
+
+
+def test_top_per_group_keeps_each_groups_best_distinct_items_whatever_the_order():
+    rng = np.random.default_rng(0)
+    group = rng.integers(0, 50, 4000)
+    item = rng.integers(0, 30, 4000)
+    sim = rng.random(4000).astype(np.float32)
+    shuffled = rng.permutation(4000)
+    got = copy_search._top_per_group(group[shuffled], item[shuffled], sim[shuffled], 3)
+    best: dict[tuple[int, int], float] = {}
+    for g, i, s in zip(group.tolist(), item.tolist(), sim.tolist(), strict=True):
+        best[g, i] = max(best.get((g, i), -1.0), s)
+    for g in range(50):
+        ranked = sorted((-s, i) for (gg, i), s in best.items() if gg == g)
+        assert got[1][got[0] == g].tolist() == [i for _, i in ranked[:3]]
+
+
+def test_search_chunks_come_query_by_query_best_first(monkeypatch):
+    from dedup import embeddings
+
+    monkeypatch.setattr(embeddings, "SEARCH_CHUNK", 7)
+    rng = np.random.default_rng(1)
+    db, queries = rng.standard_normal((300, 16)), rng.standard_normal((40, 16))
+    chunks = list(embeddings.similar_chunks(db, queries, -1.0, k=10))
+    assert len(chunks) == 6
+    for m in chunks:
+        assert (np.diff(m.query) >= 0).all()
+        same = np.diff(m.query) == 0
+        assert (np.diff(m.sim)[same] <= 0).all()
+    whole = embeddings.similar(db, queries, -1.0, k=10)
+    assert whole.query.tolist() == np.concatenate([m.query for m in chunks]).tolist()
+    assert whole.query.tolist() == np.repeat(np.arange(40), 10).tolist()

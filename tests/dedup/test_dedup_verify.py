@@ -190,3 +190,21 @@ def test_small_pools_are_compared_uncentred(tmp_path):
 def test_alignment_rejects_wrong_thumbnails(bad):
     with pytest.raises(ValueError, match="thumbnails must be uint8"):
         verify.alignment(bad, bad.astype(np.uint8), np.array([0]), np.array([0]))
+
+
+def test_alignment_is_the_same_whatever_the_chunk_of_pool_rows(monkeypatch):
+    from PIL import ImageFilter
+
+    originals = [textured(300 + s) for s in range(5)]
+    copies = [
+        o.filter(ImageFilter.GaussianBlur(2)) if k % 2 else crop(o, 0.1, 0.3, 0.6)
+        for k, o in enumerate(originals)
+    ]
+    pool, ev = thumbs(copies), thumbs(originals)
+    rows, items = np.nonzero(np.ones((5, 5), bool))
+    whole, window = verify.alignment(pool, ev, rows, items, with_window=True)
+    monkeypatch.setattr(verify, "ROWS_PER_CHUNK", 2)
+    chunked, chunked_window = verify.alignment(pool, ev, rows, items, with_window=True)
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+    assert (chunked_window == window).all()
+    assert (np.diag(whole.reshape(5, 5)) >= 0.95).all()  # blurred copies too (softened)
