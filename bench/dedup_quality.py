@@ -55,12 +55,16 @@ def data_dir(flag: str | None) -> Path:
     return Path(flag or os.environ.get("KD3_DATA") or ROOT.parent / "shared" / "data")
 
 
-def groups(alone: int, paired: int) -> list[tuple[tuple[str, ...], int]]:
-    """(families, copies) planted: every family alone, then every pair of two."""
-    return [((f,), alone) for f in web_edits.FAMILIES] + [(p, paired) for p in web_edits.pairs()]
+def groups(alone: int, paired: int, only=None) -> list[tuple[tuple[str, ...], int]]:
+    """(families, copies) planted: every family alone, then every pair of two; with `only`,
+    just the groups that involve one of those families (a quick look at a few)."""
+    out = [((f,), alone) for f in web_edits.FAMILIES] + [(p, paired) for p in web_edits.pairs()]
+    return [g for g in out if only is None or set(g[0]) & set(only)]
 
 
-def build_pool(root: Path, web: np.ndarray, test: np.ndarray, alone: int, paired: int, rng):
+def build_pool(
+    root: Path, web: np.ndarray, test: np.ndarray, alone: int, paired: int, rng, only=None
+):
     """Web pool images (untouched) plus edited CIFAR test copies; returns url -> (edit, item)."""
     from pool.store import NewImage, Pool
 
@@ -69,7 +73,7 @@ def build_pool(root: Path, web: np.ndarray, test: np.ndarray, alone: int, paired
     for i, img in enumerate(web):
         items.append(NewImage(_png(Image.fromarray(img)), url=f"web#{i}"))
         truth[f"web#{i}"] = ("untouched", None)
-    for names, count in groups(alone, paired):
+    for names, count in groups(alone, paired, only):
         # half the copies from even (tune) items, half from odd (report) items
         picks = np.concatenate(
             [2 * rng.choice(len(test) // 2, count // 2, False) + parity for parity in (0, 1)]
@@ -123,6 +127,10 @@ def main() -> None:
         help="only group 4000 untouched web images with this teacher's features, without and "
         "with the alignment check, then exit",
     )
+    parser.add_argument("--web-limit", type=int, help="only the first N untouched web images")
+    parser.add_argument(
+        "--only", help="plant only the groups involving these families (comma-separated)"
+    )
     parser.add_argument("--skip-train", action="store_true", help="no CIFAR train vs test run")
     parser.add_argument("--only-train", action="store_true", help="only the train vs test run")
     parser.add_argument("--out", help="write PNGs of found train/test pairs to this folder")
@@ -132,7 +140,7 @@ def main() -> None:
     torch.set_num_threads(1)
     data = data_dir(args.data)
     rng = np.random.default_rng(args.seed)
-    web = np.load(data / "webpool_tinyimagenet32.npz")["x"]
+    web = np.load(data / "webpool_tinyimagenet32.npz")["x"][: args.web_limit]
     test = np.load(data / "cifar10_test.npz")["x"]
     if args.teacher_similarity:
         return teacher_similarity(args.teacher_similarity, web, test, rng)
@@ -144,7 +152,8 @@ def main() -> None:
     print(f"hash radius <= {args.radius} (pHash), {key} similarity >= {args.sim} (grouping)")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        pool, truth = build_pool(Path(tmp) / "pool", web, test, args.alone, args.paired, rng)
+        only = args.only.split(",") if args.only else None
+        pool, truth = build_pool(Path(tmp) / "pool", web, test, args.alone, args.paired, rng, only)
         built = time.perf_counter() - start
         result = dedup_pool(
             pool.root,
@@ -437,31 +446,66 @@ def train_vs_test(data: Path, args, extractor, key) -> None:
     )
     if args.out:
         test = np.load(data / "cifar10_test.npz")["x"]
-        pair_sheet(Path(args.out), overlaps, blob, offsets, test)
+        sheets = overlap_sheets(overlaps) | {"highest_rejected": rejected(result, table)}
+        pair_sheets(Path(args.out), sheets, blob, offsets, test)
 
 
-def pair_sheet(out: Path, overlaps: list[dict], blob, offsets, test, n: int = 24) -> None:
-    """PNGs of train | test pairs: a random sample, and the lowest alignment scores."""
-    out.mkdir(parents=True, exist_ok=True)
-    by_score = sorted(overlaps, key=lambda r: r["status_reason"])
+def overlap_sheets(overlaps: list[dict], n: int = 24) -> dict[str, list]:
+    """(train index, test index, caption) of a random sample of the matches and of the
+    matches with the lowest alignment."""
+
+    def entry(r):
+        score = r["status_reason"].split()[-1][:5]
+        return (
+            int(r["url"].split("#")[1]),
+            int(r["eval_match"].split("#")[1]),
+            f"h{r['eval_hamming']} a{score}",
+        )
+
     rng = np.random.default_rng(0)
-    picks = {
-        "random": [overlaps[i] for i in rng.choice(len(overlaps), min(n, len(overlaps)), False)],
-        "lowest_alignment": by_score[:n],
+    sample = rng.choice(len(overlaps), min(n, len(overlaps)), False)
+    lowest = sorted(overlaps, key=lambda r: r["status_reason"])[:n]
+    return {
+        "random": [entry(overlaps[i]) for i in sample],
+        "lowest_alignment": [entry(r) for r in lowest],
     }
-    for name, rows in picks.items():
-        sheet = Image.new("RGB", (4 * 150, ((len(rows) + 3) // 4) * 90), "white")
+
+
+def rejected(result, table: list[dict], n: int = 24) -> list:
+    """The look-alikes: verified candidates that were not matched, highest alignment first
+    (same-class neighbours and near-duplicates just under the threshold)."""
+    cand = result.candidates
+    matched = {r["url"] for r in table if r["status"] == "test_overlap"}
+    out = []
+    for k in np.argsort(-cand.alignment, kind="stable"):
+        url = table[cand.row[k]]["url"]
+        if url not in matched:
+            out.append(
+                (
+                    int(url.split("#")[1]),
+                    int(cand.item[k]),
+                    f"h{cand.hamming[k]} a{cand.alignment[k]:.3f}",
+                )
+            )
+        if len(out) == n:
+            break
+    return out
+
+
+def pair_sheets(out: Path, sheets: dict[str, list], blob, offsets, test) -> None:
+    """One PNG of train | test pairs (with their captions) per sheet."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, pairs in sheets.items():
+        sheet = Image.new("RGB", (4 * 150, max(1, (len(pairs) + 3) // 4) * 90), "white")
         draw = ImageDraw.Draw(sheet)
-        for k, r in enumerate(rows):
-            i, j = int(r["url"].split("#")[1]), int(r["eval_match"].split("#")[1])
+        for k, (i, j, caption) in enumerate(pairs):
             train = Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes()))
             x, y = (k % 4) * 150, (k // 4) * 90
             sheet.paste(train.convert("RGB").resize((64, 64)), (x + 4, y + 2))
             sheet.paste(Image.fromarray(test[j]).resize((64, 64)), (x + 70, y + 2))
-            score = r["status_reason"].split()[-1][:5]
-            draw.text((x + 4, y + 68), f"h{r['eval_hamming']} a{score}", fill="black")
+            draw.text((x + 4, y + 68), caption, fill="black")
         sheet.save(out / f"train_test_{name}.png")
-    print(f"pairs (train | test) written to {out}/train_test_{{random,lowest_alignment}}.png")
+    print(f"pairs (train | test) written to {out}/train_test_{{{','.join(sheets)}}}.png")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ A pool image with little of the item's fine detail (less than SOFT_GATE of it: a
 is compared a second time with both sides blurred more (SOFT_BLUR), and the better score kept;
 sharp images are not, since softened unrelated images line up more often.
 
-The score is a trimmed correlation at the best window: the TRIM share of samples that differ
-most (a caption, a logo, a watermark's letters) is left out and the correlation recomputed.
-Copies under the edits of bench/web_edits.py score above 0.9; unrelated images rarely do.
-The threshold is the user's option (DedupOptions.verify_sim).
+The score is a trimmed correlation at the best window: the samples that differ most (a
+caption, a logo, a watermark's letters) are left out and the correlation recomputed. At least
+the TRIM share is left out, and up to MAX_TRIM where that many samples are outliers (a residual
+over OUTLIER times the median: an overlay differs from the picture much more than the rest of
+a copy does). Copies under the edits of bench/web_edits.py score above 0.9; unrelated images
+rarely do. The threshold is the user's option (DedupOptions.verify_sim).
 
 The same check confirms links between two pool images (`pair_alignment`), either of which may
 be the crop of the other.
@@ -39,7 +41,9 @@ MIN_SIDE = 25  # smallest window side on the SIZE grid
 PAIR_MIN_SIDE = 27  # the same for two pool images (pair_alignment)
 ANGLES = (-10.0, -5.0, 0.0, 5.0, 10.0)  # degrees
 MIN_CHROMA = 0.02  # colour-difference size (RMS) below which an image counts as grayscale
-TRIM = 0.15  # share of samples left out of the final correlation
+TRIM = 0.15  # least share of samples left out of the final correlation
+MAX_TRIM = 0.3  # most share left out, where that many samples are outliers
+OUTLIER = 2.5  # a sample whose residual is this many times the median residual is an outlier
 SOFT_BLUR = 7  # box side of the second, softer comparison (blurred copies)
 SOFT_GATE = 0.6  # ... made only when the pool image has less than this share of the item's detail
 ITEMS_PER_CHUNK = 64  # evaluation items whose window descriptors are held at once
@@ -129,10 +133,11 @@ def _detail(thumbs, device):
     return (fine.flatten(1).std(1) / y.flatten(1).std(1).clamp_min(1e-3)).cpu().numpy()
 
 
-def _unit(v):
+def _unit(v, keep):
+    """Zero-mean, unit-length over the kept samples (keep: 1 or 0 per sample); 0 elsewhere."""
     import torch
 
-    v = v - v.mean(-1, keepdim=True)
+    v = (v - (v * keep).sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)) * keep
     return torch.nn.functional.normalize(v, dim=-1, eps=1e-6)
 
 
@@ -155,33 +160,43 @@ def _sample(images, points):
     return out.transpose(1, 2)
 
 
-def _unit_pair(v, centre: bool):
-    """(n, 2, G) colour differences -> jointly unit length, each channel zero-mean if `centre`."""
+def _unit_pair(v, keep, centre: bool):
+    """(n, 2, G) colour differences -> jointly unit length over the kept samples, each channel
+    zero-mean there if `centre`."""
     import torch
 
     if centre:
-        v = v - v.mean(-1, keepdim=True)
-    return torch.nn.functional.normalize(v.flatten(1), dim=1, eps=1e-9).view_as(v)
+        v = v - (v * keep).sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)
+    return torch.nn.functional.normalize((v * keep).flatten(1), dim=1, eps=1e-9).view_as(v)
+
+
+def _kept(residual):
+    """(n, G) residuals -> (n, 1, G) 1/0: the samples the score uses. The OUTLIER samples
+    (residual above OUTLIER x the median: where an overlay covers the picture) are left out,
+    at least the TRIM share and at most MAX_TRIM."""
+    g = residual.shape[-1]
+    median = residual.median(-1, keepdim=True).values
+    outliers = (residual > OUTLIER * median).sum(-1)
+    trim = outliers.clamp(int(TRIM * g), int(MAX_TRIM * g))
+    rank = residual.argsort(-1).argsort(-1)  # 0 for the smallest residual
+    return (rank < (g - trim)[:, None]).double()[:, None]
 
 
 def _score(pool, window):
-    """Trimmed correlation of (n, 4, G) descriptor pairs: the TRIM share of grid points where
-    the two differ most over all parts (where a caption, logo or watermark sits) is left out,
-    then the mean of the parts' correlations on the rest; the colour part counts when both
-    images have colour."""
+    """Trimmed correlation of (n, 4, G) descriptor pairs: the grid points where the two differ
+    most over all parts (where a caption, logo or watermark sits, `_kept`) are left out, then
+    the mean of the parts' correlations on the rest; the colour part counts when both images
+    have colour."""
     import torch
 
-    g = pool.shape[-1]
-    residual = (pool - window).abs().sum(1)  # (n, G)
-    idx = residual.topk(g - int(TRIM * g), dim=-1, largest=False).indices
-    idx = idx[:, None].expand(-1, pool.shape[1], -1)
     # float64: a near-perfect copy must not round up to a score of 1
-    p, w = pool.gather(-1, idx).double(), window.gather(-1, idx).double()
-    luma_edge = (_unit(p[:, :2]) * _unit(w[:, :2])).sum(2)  # (n, 2)
+    keep = _kept((pool - window).abs().sum(1))
+    p, w = pool.double(), window.double()
+    luma_edge = (_unit(p[:, :2], keep) * _unit(w[:, :2], keep)).sum(2)  # (n, 2)
     has_colour = (pool[:, 2:].abs().sum((1, 2)) > 0) & (window[:, 2:].abs().sum((1, 2)) > 0)
     # the colours must agree as they are and in their pattern (where it is greener, bluer)
-    same = (_unit_pair(p[:, 2:], False) * _unit_pair(w[:, 2:], False)).sum((1, 2))
-    pattern = (_unit_pair(p[:, 2:], True) * _unit_pair(w[:, 2:], True)).sum((1, 2))
+    same = (_unit_pair(p[:, 2:], keep, False) * _unit_pair(w[:, 2:], keep, False)).sum((1, 2))
+    pattern = (_unit_pair(p[:, 2:], keep, True) * _unit_pair(w[:, 2:], keep, True)).sum((1, 2))
     colour = torch.minimum(same, pattern)
     return (luma_edge.sum(1) + colour * has_colour) / (2 + has_colour.double())
 
@@ -219,30 +234,30 @@ def alignment(
         local = np.searchsorted(need, pool_rows)
         pool_desc = [_centre_descriptors(pool_thumbs, need, device, False)]  # (n, 4, G)
         # the softened comparison, for copies with little of their item's detail (blurred)
-        blurred = np.zeros(len(pool_rows), bool)
+        softened = np.zeros(len(pool_rows), bool)
         if soft:
             item_detail = _detail(eval_thumbs[items], device)
             pool_detail = np.concatenate(
                 [_detail(pool_thumbs[r], device) for r in _row_chunks(need)]
             )
-            blurred = (
+            softened = (
                 pool_detail[local] < SOFT_GATE * item_detail[np.searchsorted(items, eval_rows)]
             )
-            soft_rows = np.unique(local[blurred])  # local rows softened, in order
+            soft_rows = np.unique(local[softened])  # local rows softened, in order
             pool_desc.append(_centre_descriptors(pool_thumbs, need[soft_rows], device, True))
         for c in range(0, len(items), ITEMS_PER_CHUNK):
             chunk = items[c : c + ITEMS_PER_CHUNK]
             in_chunk = order[bounds[c] : bounds[c + len(chunk)]]
             descs = [
                 _window_descriptors(eval_thumbs[chunk], windows, device, lv)
-                if lv == 0 or blurred[in_chunk].any()
+                if lv == 0 or softened[in_chunk].any()
                 else None
                 for lv in levels
             ]
             for k in range(len(chunk)):
                 sel = order[bounds[c + k] : bounds[c + k + 1]]
                 out[sel], best_window[sel] = _best(pool_desc[0], local[sel], descs[0][k], device)
-                soft_sel = sel[blurred[sel]]
+                soft_sel = sel[softened[sel]]
                 if len(soft_sel):
                     soft_local = np.searchsorted(soft_rows, local[soft_sel])
                     score, window = _best(pool_desc[1], soft_local, descs[1][k], device)

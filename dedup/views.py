@@ -33,6 +33,11 @@ FLAT = 0.8  # a picture's rows (columns) are covered alike: the 10th percentile 
 SECOND_SHARE = 0.1  # a second plain colour on this share of the ring is background too
 RAMP = 0.1  # share of a side a blurred picture may fade into its frame over
 FULL = 0.96  # a box covering this much of both sides is the whole image
+EXTENT = 0.03  # share of a row (column) unlike the frame that puts it in the picture's extent
+EDGE_BAND = 0.05  # share of the extent's side that is its edge band
+EXTENT_MARGIN = 3  # a pixel is unlike the frame beyond the frame's own noise plus this
+EDGE_PARTS = 8  # ... cut along into this many parts
+EDGE_SPREAD = 0.6  # ... of which this share holds some of the picture, on all four sides
 
 
 @dataclass(frozen=True)
@@ -92,16 +97,56 @@ def find_picture(img: Image.Image) -> Picture | None:
             backgrounds.append([frame, fill])
     # the background that leaves the most rectangular picture
     found = [box for colours in backgrounds if (box := _picture_box(arr, colours)) is not None]
-    if not found:
+    if found:
+        _, cx, cy, bw, bh, angle = max(found)
+        if angle == 0:
+            cx, cy, bw, bh = _without_blur_ramp(np.abs(arr - frame).max(2), cx, cy, bw, bh)
+    elif (extent := _extent_box(arr, frame, _frame_noise(ring, frame))) is not None:
+        cx, cy, bw, bh, angle = extent
+    else:
         return None
-    _, cx, cy, bw, bh, angle = max(found)
-    if angle == 0:
-        cx, cy, bw, bh = _without_blur_ramp(np.abs(arr - frame).max(2), cx, cy, bw, bh)
     if bw * bh < MIN_AREA * h * w or (bw >= FULL * w and bh >= FULL * h):
         return None
     # one working pixel in from each side: the box's edge pixels mix picture and frame
     inv = 1 / scale
     return Picture(cx * inv, cy * inv, (bw - 2) * inv, (bh - 2) * inv, angle)
+
+
+def _frame_noise(ring: np.ndarray, frame: np.ndarray) -> float:
+    """How far the frame's own pixels stray from its colour (re-encoding, resampling): the
+    95th percentile over the ring pixels within TOLERANCE of it."""
+    off = np.abs(ring - frame).max(1)
+    return float(np.percentile(off[off <= TOLERANCE], 95))
+
+
+def _extent_box(arr: np.ndarray, frame: np.ndarray, noise: float):
+    """(centre x, centre y, width, height, 0) of the rows and columns that hold any of the
+    picture (EXTENT share of their pixels unlike the frame), or None: the fallback for a
+    picture with much of the frame's colour in it (a grey picture on grey, an object on
+    white), whose region is not one solid rectangle."""
+    from scipy import ndimage
+
+    unlike = np.abs(arr - frame).max(2) > noise + EXTENT_MARGIN
+    unlike = ndimage.binary_opening(unlike, np.ones((3, 3), bool))
+    rows = np.nonzero(unlike.mean(1) >= EXTENT)[0]
+    cols = np.nonzero(unlike.mean(0) >= EXTENT)[0]
+    if len(rows) == 0 or len(cols) == 0:
+        return None
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    box = unlike[top:bottom, left:right]
+    bh, bw = box.shape
+    dy, dx = max(1, round(EDGE_BAND * bh)), max(1, round(EDGE_BAND * bw))
+    # a picture reaches its box's edges all along them (if sparsely); a disc or a triangle
+    # touches them at points
+    along = (box[:dy].any(0), box[-dy:].any(0), box[:, :dx].any(1), box[:, -dx:].any(1))
+    if min(_spread(edge) for edge in along) < EDGE_SPREAD:
+        return None
+    return (left + right) / 2, (top + bottom) / 2, float(bw), float(bh), 0.0
+
+
+def _spread(edge: np.ndarray) -> float:
+    """Share of EDGE_PARTS equal parts of an edge that hold any of the picture."""
+    return float(np.mean([part.any() for part in np.array_split(edge, EDGE_PARTS)]))
 
 
 def _without_blur_ramp(contrast: np.ndarray, cx, cy, bw, bh):

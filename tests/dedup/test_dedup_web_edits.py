@@ -105,6 +105,28 @@ def test_a_blurred_copy_is_also_compared_softened_and_a_sharp_unrelated_image_is
         assert other[0] == other[1] < 0.8
 
 
+def test_a_caption_over_more_than_the_least_trim_is_left_out(monkeypatch):
+    def captioned_big(img):
+        big = img.resize((96, 96), Image.Resampling.BICUBIC)
+        ImageDraw.Draw(big).text(
+            (4, 40), "SALE free HD", fill=(255, 255, 0), font_size=18, stroke_width=1,
+            stroke_fill=(0, 0, 0),
+        )  # fmt: skip
+        return big
+
+    one = np.zeros(1, int)
+    originals = [textured(40 + k) for k in range(6)]
+    pairs = [(thumb(captioned_big(o)), thumb(o)) for o in originals]
+    adaptive = np.array([verify.alignment(c, o, one, one)[0] for c, o in pairs])
+    unrelated = [
+        verify.alignment(c, thumb(textured(70 + k)), one, one)[0] for k, (c, _) in enumerate(pairs)
+    ]
+    monkeypatch.setattr(verify, "MAX_TRIM", verify.TRIM)
+    fixed = np.array([verify.alignment(c, o, one, one)[0] for c, o in pairs])
+    assert (adaptive >= 0.98).all() and (adaptive > fixed + 0.005).all(), (adaptive, fixed)
+    assert max(unrelated) < 0.8
+
+
 def thumb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.resize((32, 32), Image.Resampling.BOX))[None]
 
@@ -139,6 +161,19 @@ def test_a_logo_touching_the_picture_does_not_widen_its_box():
     picture = views.find_picture(copy)
     assert picture is not None
     assert near(picture.box, (19, 19, 77, 77)), picture
+
+
+def test_a_grey_picture_much_of_it_the_frame_grey_is_still_found():
+    # the picture's top and left are within the frame's colour tolerance of its grey, so the
+    # picture is no solid region unlike the frame; its extent still is the picture
+    grey = np.asarray(ImageOps.grayscale(textured(21, 64)), np.float32)
+    ramp = np.minimum(np.add.outer(np.arange(64), np.arange(64)) / 64, 1.0)
+    picture = 120 + (grey - grey.mean()) * (0.1 + 0.9 * ramp)  # faint near the top left
+    framed = Image.new("L", (100, 100), 120)
+    framed.paste(Image.fromarray(picture.clip(0, 255).astype(np.uint8)), (18, 18))
+    found = views.find_picture(framed.convert("RGB"))
+    assert found is not None
+    assert np.allclose(found.box, (18, 18, 82, 82), atol=3), found.box
 
 
 def test_a_shape_on_a_plain_background_is_not_a_picture_in_a_frame():
