@@ -171,7 +171,8 @@ def main() -> None:
         f"decontamination: candidates from copy descriptors (top {s['copy_top_items']} items, "
         f">= {s['copy_floor']}), hash radius <= {s['candidate_radius']} or similarity >= "
         f"{s['candidate_sim']}; accepted when alignment >= {s['verify_sim']} "
-        f"(>= {s['verify_sim_with_hash']} with hash <= {s['radius']})"
+        f"(>= {s['verify_sim_with_hash']} with hash <= {s['radius']}), "
+        f"{s['verify_margin_moved']} more for a cropped or turned window"
     )
     print(f"pool of {len(rows)} images built in {built:.0f} s; dedup in {elapsed:.0f} s")
     print(f"verified candidate pairs: {len(result.candidates.row)}\n")

@@ -41,7 +41,7 @@ ROTATION_KEEP = 0.86  # central share of a turned image's side that holds no emp
 CANDIDATE_RADIUS = 8
 CANDIDATE_SIM = 0.85
 VERIFY_SIM_HASH = 0.93
-MOVED_MARGIN = 0.0  # extra alignment asked of a cropped or turned window (accepts)
+MOVED_MARGIN = 0.01  # extra alignment asked of a cropped or turned window (accepts)
 PAIR_CHUNK = 50_000
 
 

@@ -103,6 +103,7 @@ def dedup_pool(
         "copy_floor": copy_search.FLOOR,
         "verify_sim": verify_sim,
         "verify_sim_with_hash": min(verify_sim, decontaminate.VERIFY_SIM_HASH),
+        "verify_margin_moved": decontaminate.MOVED_MARGIN,
         "embedding_duplicates_verified": extractor is not None,
     }
 
