@@ -269,8 +269,10 @@ def crawl(tmp_path_factory):
             "--seed", web.url("/site/index.html"), "--seed", web.url("/sitemap.xml"),
             "--allow-network", "127.0.0.1/32",
             "--host", "evil.test=127.0.0.3", "--host", "images.test=127.0.0.1",
+            # stats flushed every 0.1 s (1 s by default): the crawl's first spider may close
+            # within a second, and the watch below must see counts from before that
             *settings_args("DOWNLOAD_TIMEOUT=2", "RETRY_TIMES=1", "DOWNLOAD_MAXSIZE=200000",
-                           "KD3_RETRY_BACKOFF_BASE=0.3"),
+                           "KD3_RETRY_BACKOFF_BASE=0.3", "KD3_STATS_FLUSH_SECONDS=0.1"),
             env={"FLICKR_API_KEY": "test-key"},
         )  # fmt: skip
         # Watch the stats with plain redis-cli while the crawl runs.
