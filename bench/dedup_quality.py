@@ -455,17 +455,17 @@ def overlap_sheets(overlaps: list[dict], n: int = 24) -> dict[str, list]:
     """(train index, test index, caption) of a random sample of the matches and of the
     matches with the lowest alignment."""
 
+    def alignment(r) -> float:  # status_reason "aligned 0.9612 (crop 6%)", or an exact match
+        words = r["status_reason"].split()
+        return float(words[1]) if words[0] == "aligned" else 1.0
+
     def entry(r):
-        score = r["status_reason"].split()[-1][:5]
-        return (
-            int(r["url"].split("#")[1]),
-            int(r["eval_match"].split("#")[1]),
-            f"h{r['eval_hamming']} a{score}",
-        )
+        i, j = int(r["url"].split("#")[1]), int(r["eval_match"].split("#")[1])
+        return i, j, f"h{r['eval_hamming']} a{alignment(r):.3f}"
 
     rng = np.random.default_rng(0)
     sample = rng.choice(len(overlaps), min(n, len(overlaps)), False)
-    lowest = sorted(overlaps, key=lambda r: r["status_reason"])[:n]
+    lowest = sorted(overlaps, key=alignment)[:n]
     return {
         "random": [entry(overlaps[i]) for i in sample],
         "lowest_alignment": [entry(r) for r in lowest],
