@@ -322,6 +322,11 @@ def network(args):
     return create_extractor(args.network), args.network
 
 
+def sources(urls, truth) -> np.ndarray:
+    """The evaluation item each pool image is a copy of (-1 for untouched web images)."""
+    return np.array([-1 if truth[u][1] is None else truth[u][1] for u in urls])
+
+
 def tuning_table(cand, urls, truth, radius, sim_hash) -> None:
     """FP rate and the lowest recall over families alone and over families in pairs, for a
     grid of verification thresholds (the hash-assisted threshold kept): choose on the tune
@@ -329,7 +334,7 @@ def tuning_table(cand, urls, truth, radius, sim_hash) -> None:
     from dedup.decontaminate import accepts
 
     kinds = np.array([truth[u][0] for u in urls])
-    source = np.array([-1 if truth[u][1] is None else truth[u][1] for u in urls])
+    source = sources(urls, truth)
     alone = list(web_edits.FAMILIES)
     paired = ["+".join(p) for p in web_edits.pairs()]
     print(f"\nverification thresholds (hash-assisted threshold {sim_hash})")
@@ -371,7 +376,7 @@ def miss_table(cand, urls, truth, radius, verify_sim, sim_hash) -> None:
     from dedup.decontaminate import accepts
 
     ok = accepts(cand.alignment, cand.hamming, cand.window, radius, verify_sim, sim_hash)
-    source = np.array([-1 if truth[u][1] is None else truth[u][1] for u in urls])
+    source = sources(urls, truth)
     own = source[cand.row] == cand.item
     best_own = np.full(len(urls), -np.inf)
     np.maximum.at(best_own, cand.row[own], cand.alignment[own])

@@ -208,8 +208,8 @@ def accepts(
 
 def _moved(window: np.ndarray) -> np.ndarray:
     """Whether each best window is cropped or turned (dedup/verify.py window_shape)."""
-    shapes = [verify.window_shape(int(w)) for w in window]
-    return np.array([crop > 0 or angle != 0 for crop, angle, _ in shapes], bool)
+    crop, angle, _ = verify.window_shape(window)
+    return (crop > 0) | (angle != 0)
 
 
 def _best_view_alignment(index, rows, items, load_views, progress):

@@ -73,24 +73,25 @@ def _sample_points(boxes: list[tuple[float, float, float]], device):
 
 
 @functools.cache
-def _boxes(min_side: int, angles: tuple[float, ...]) -> list[tuple[float, float, int, float]]:
-    """(centre x, centre y, side, angle) of every window searched."""
-    return [
-        (x + side / 2, y + side / 2, side, angle)
-        for angle in angles
-        for side in range(SIZE, min_side - 1, -1)
-        for y in range(SIZE - side + 1)
-        for x in range(SIZE - side + 1)
-    ]
+def _boxes(min_side: int, angles: tuple[float, ...]) -> np.ndarray:
+    """(K, 4) centre x, centre y, side and angle of every window searched."""
+    return np.array(
+        [
+            (x + side / 2, y + side / 2, side, angle)
+            for angle in angles
+            for side in range(SIZE, min_side - 1, -1)
+            for y in range(SIZE - side + 1)
+            for x in range(SIZE - side + 1)
+        ]
+    )
 
 
-def window_shape(
-    window: int, min_side: int = MIN_SIDE, angles: tuple[float, ...] = ANGLES
-) -> tuple[float, float, bool]:
+def window_shape(window, min_side: int = MIN_SIDE, angles: tuple[float, ...] = ANGLES):
     """(share of the side cropped, turn in degrees, mirrored) of a best window index returned
-    by `alignment(..., with_window=True)`."""
+    by `alignment(..., with_window=True)`, or of each of an array of them."""
     boxes = _boxes(min_side, angles)
-    _, _, side, angle = boxes[window % len(boxes)]
+    window = np.asarray(window)
+    _, _, side, angle = boxes[window % len(boxes)].T
     return 1 - side / SIZE, angle, window >= len(boxes)
 
 
@@ -137,8 +138,13 @@ def _unit(v, keep):
     """Zero-mean, unit-length over the kept samples (keep: 1 or 0 per sample); 0 elsewhere."""
     import torch
 
-    v = (v - (v * keep).sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)) * keep
+    v = (v - _kept_mean(v, keep)) * keep
     return torch.nn.functional.normalize(v, dim=-1, eps=1e-6)
+
+
+def _kept_mean(v, keep):
+    """The mean of v over the kept samples (last axis), keeping that axis."""
+    return (v * keep).sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)
 
 
 def _sample(images, points):
@@ -166,7 +172,7 @@ def _unit_pair(v, keep, centre: bool):
     import torch
 
     if centre:
-        v = v - (v * keep).sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)
+        v = v - _kept_mean(v, keep)
     return torch.nn.functional.normalize((v * keep).flatten(1), dim=1, eps=1e-9).view_as(v)
 
 
