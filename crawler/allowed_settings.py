@@ -36,6 +36,9 @@ DEDICATED = {
     "KD3_STATIC_HOSTS": "--host",
     "KD3_SHARED": "--shared",
     "KD3_FLICKR_API_KEY": "the FLICKR_API_KEY environment variable",
+    "KD3_ROUND": "the crawl loop (steer.loop)",
+    "KD3_CLASS_QUERIES": "the crawl loop (steer.loop)",
+    "KD3_CLASS_TARGETS": "the crawl loop (steer.loop)",
 }
 
 

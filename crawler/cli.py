@@ -10,6 +10,7 @@ import sys
 
 from common.options import add_flags, csv_list, from_args, parse, words_pair
 from crawler.options import CrawlJob, CrawlOptions
+from steer.options import LoopOptions
 
 CRAWL_EXAMPLES = """examples:
   kd3 crawl --classes cat,dog --out pools/pets --per-class 200
@@ -17,10 +18,15 @@ CRAWL_EXAMPLES = """examples:
             --sources wikimedia,openverse,site --seed https://example.org/gallery.html
   kd3 crawl --classes cat --out pools/cats --crawl-id cats-1     # run again to resume
   kd3 crawl ... --redis redis://localhost:6379/0 --shared        # one of several processes
+  kd3 crawl --classes cat,dog --out pools/pets --teacher teacher.pt --rounds 3  # crawl loop
 
 Stats are written to POOL/crawls/CRAWL_ID/stats.json as the crawl runs, and to the Redis hash
 kd3:crawl:CRAWL_ID:stats when there is a Redis; `kd3 stats CRAWL_ID` prints them. Ctrl-C stops
-gracefully (exit 130); the same command with the same --crawl-id resumes."""
+gracefully (exit 130); the same command with the same --crawl-id resumes.
+
+With --teacher, the crawl is a loop: after each round the teacher scores the new images, and
+classes with fewer useful images than --useful-per-class are crawled again with search terms
+from the titles of the images it confidently puts in them (POOL/crawls/CRAWL_ID/loop.json)."""
 
 STATS_EXAMPLES = """examples:
   kd3 stats 20250101-120000-ab12cd --redis redis://localhost:6379/0
@@ -52,6 +58,13 @@ def register(subparsers) -> None:
     job.add_argument("--crawl-id", metavar="ID",
                      help="resume or join this crawl (default: a new id, printed)")  # fmt: skip
     add_flags(crawl, CrawlOptions, title="crawl options")
+    loop = crawl.add_argument_group(
+        "crawl loop (with --teacher: score the pool after each round, crawl again for classes "
+        "with too few useful images)"
+    )
+    loop.add_argument("--teacher", metavar="CKPT",
+                      help="the teacher that scores each round (default: none, one round)")  # fmt: skip
+    add_flags(loop, LoopOptions, exclude=("device",))
     crawl.set_defaults(func=cmd_crawl)
 
     stats = subparsers.add_parser(
@@ -120,6 +133,8 @@ def cmd_crawl(args: argparse.Namespace) -> int:
 
     job = job_from_args(args)
     job = job.model_copy(update={"crawl_id": job.crawl_id or new_crawl_id()})
+    if args.teacher:
+        return _crawl_loop(job, args)
     progress = _Progress(job) if sys.stderr.isatty() else _Announce(job)
     try:
         result = crawl(job, progress=progress)
@@ -130,6 +145,16 @@ def cmd_crawl(args: argparse.Namespace) -> int:
         print(f"interrupted: run again with --crawl-id {result.crawl_id} to resume",
               file=sys.stderr)  # fmt: skip
         return 130
+    return 0
+
+
+def _crawl_loop(job: CrawlJob, args: argparse.Namespace) -> int:
+    from steer.loop import crawl_loop
+
+    options = from_args(LoopOptions, args, "bad option")
+    log = functools.partial(print, file=sys.stderr, flush=True)
+    result = crawl_loop(job, args.teacher, options, log=log)
+    print(result.summary())
     return 0
 
 

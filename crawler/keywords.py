@@ -9,15 +9,18 @@ from dataclasses import dataclass
 from pool.classes import ClassInfo
 
 
-def terms(info: ClassInfo) -> list[str]:
-    """The class name and its user keywords, without repeats."""
-    return list(dict.fromkeys(t.strip() for t in (info.name, *info.keywords) if t.strip()))
+def terms(info: ClassInfo, with_name: bool = True) -> list[str]:
+    """The class name (unless not `with_name`) and its keywords, without repeats."""
+    named = (info.name, *info.keywords) if with_name else info.keywords
+    return list(dict.fromkeys(t.strip() for t in named if t.strip()))
 
 
-def queries(info: ClassInfo, templates: Sequence[str] = ("{}",)) -> list[tuple[str, str]]:
+def queries(
+    info: ClassInfo, templates: Sequence[str] = ("{}",), with_name: bool = True
+) -> list[tuple[str, str]]:
     """(query, term) pairs: every template applied to every term, without repeated queries."""
     seen: dict[str, str] = {}
-    for term in terms(info):
+    for term in terms(info, with_name):
         for template in templates:
             seen.setdefault(template.format(term), term)
     return list(seen.items())

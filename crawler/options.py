@@ -203,6 +203,17 @@ class CrawlJob(BaseModel):
         description="resume or join this crawl (default: a new id)",
         json_schema_extra={"flag": "--crawl-id"},
     )
+    # Set by the crawl loop (steer.loop) for its later rounds; a plain crawl leaves them unset.
+    round: int = Field(1, ge=1, le=1000, description="the crawl loop's round (recorded per image)")
+    queries: dict[str, list[str]] | None = Field(
+        None,
+        description="exactly the search terms of each class this round (a class not named is "
+        "not searched); default: each class's name and keywords",
+    )
+    class_targets: dict[str, int] | None = Field(
+        None,
+        description="images of each class the pool may hold, instead of options.per_class",
+    )
 
     @field_validator("classes")
     @classmethod
@@ -230,6 +241,15 @@ class CrawlJob(BaseModel):
         if not value and options is not None and options.shared:
             raise _refuse("a shared crawl (--shared) needs Redis: pass --redis URL")
         return value or None
+
+    @model_validator(mode="after")
+    def _known_classes(self):
+        names = {c.name for c in self.classes}
+        for what, given in (("queries", self.queries), ("class_targets", self.class_targets)):
+            unknown = sorted(set(given or {}) - names)
+            if unknown:
+                raise _refuse(f"{what} names classes the crawl does not have: {unknown}")
+        return self
 
     def keywords(self) -> dict[str, list[str]]:
         return {c.name: list(c.keywords) for c in self.classes}

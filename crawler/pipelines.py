@@ -42,8 +42,11 @@ class PoolWriter:
     """
 
     def __init__(self, pool: Pool, per_class: int, limits: dict,
-                 flush_items: int = 256, flush_seconds: float = 2.0):  # fmt: skip
+                 flush_items: int = 256, flush_seconds: float = 2.0,
+                 targets: dict[str, int] | None = None, crawl_round: int = 1):  # fmt: skip
         self.pool, self.per_class, self.limits = pool, per_class, limits
+        self.targets = dict(targets or {})  # per class, instead of per_class (the crawl loop)
+        self.crawl_round = crawl_round
         self.flush_items, self.flush_seconds = flush_items, flush_seconds
         classes = pool.classes()
         self.class_names = classes.names if classes else []
@@ -74,6 +77,8 @@ class PoolWriter:
             image_limits(settings),
             settings.getint("KD3_FLUSH_ITEMS"),
             settings.getfloat("KD3_FLUSH_SECONDS"),
+            settings.getdict("KD3_CLASS_TARGETS"),
+            settings.getint("KD3_ROUND", 1),
         )
 
     @classmethod
@@ -88,13 +93,16 @@ class PoolWriter:
     def count(self, class_name: str) -> int:
         return self.stored_per_class[class_name] + self.pending_per_class[class_name]
 
+    def target(self, class_name: str) -> int:
+        """Images of the class the pool may hold (0: no limit)."""
+        return self.targets.get(class_name, self.per_class)
+
     def full(self, class_name: str) -> bool:
-        return bool(self.per_class) and self.count(class_name) >= self.per_class
+        target = self.target(class_name)
+        return bool(target) and self.count(class_name) >= target
 
     def all_full(self) -> bool:
-        return bool(self.per_class and self.class_names) and all(
-            self.full(c) for c in self.class_names
-        )
+        return bool(self.class_names) and all(self.full(c) for c in self.class_names)
 
     # -- buffering ----------------------------------------------------------------------------
     def offer(self, item: ImageItem, info: ImageInfo, stats) -> str:
@@ -116,7 +124,7 @@ class PoolWriter:
             keyword=item.keyword,
             class_name=item.class_name,
             fetched_at=datetime.now(UTC),
-            extra={k: v for k, v in extra.items() if v},
+            extra={**{k: v for k, v in extra.items() if v}, "crawl_round": self.crawl_round},
             info=info,
             sha256=sha,
         )

@@ -127,6 +127,11 @@ def crawl(job: CrawlJob, *, progress: Callable[[CrawlProgress], None] | None = N
     pool = Pool.create(job.out, class_list)
     crawl_id = job.crawl_id or new_crawl_id()
     settings = build_settings(pool.root, crawl_id, job.redis_url, job.options)
+    settings.setdict({
+        "KD3_ROUND": job.round,
+        "KD3_CLASS_QUERIES": job.queries,
+        "KD3_CLASS_TARGETS": job.class_targets or {},
+    }, priority="cmdline")  # fmt: skip
     reasons = _run_spiders(settings, job.options.sources, class_list, crawl_id, progress)
 
     result = CrawlResult(crawl_id, pool.root, interrupted="shutdown" in reasons)

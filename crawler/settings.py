@@ -32,6 +32,10 @@ KD3_FLICKR_API_KEY = os.environ.get("FLICKR_API_KEY", "")
 KD3_WIKIMEDIA_THUMB_WIDTH = 640  # ask Commons for a thumbnail this wide instead of the original
 KD3_SEEDS = _asked.seeds  # generic site spider: page or sitemap URLs
 KD3_SITE_DEPTH = 3  # generic site spider: links followed from a seed
+# Set by the crawl loop (steer.loop) for its rounds, from the job (crawler.options.CrawlJob).
+KD3_ROUND = 1  # recorded with every image (manifest column crawl_round)
+KD3_CLASS_QUERIES = None  # {class: [terms]}: exactly these searches this round
+KD3_CLASS_TARGETS = {}  # {class: images the pool may hold}, instead of KD3_PER_CLASS
 
 # -- kd3: validation and storage -----------------------------------------------------------------
 KD3_MAX_PIXELS = 40_000_000  # decompression bombs are refused from the header

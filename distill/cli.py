@@ -80,7 +80,7 @@ def _floats3(text: str) -> list[float]:
     return values
 
 
-def _add_model_loading(parser, flag: str) -> None:
+def add_model_loading(parser, flag: str) -> None:
     """How to read a bare state_dict (a kd3 checkpoint carries all of this itself)."""
     group = parser.add_argument_group("bare state_dict checkpoints (kd3 checkpoints need none)")
     group.add_argument(
@@ -128,7 +128,7 @@ def _add_model_loading(parser, flag: str) -> None:
     )
 
 
-def _load_kwargs(args, flag: str) -> dict:
+def model_loading_kwargs(args, flag: str) -> dict:
     names = ("arch", "num_classes", "class_names", "mean", "std", "input_size")
     return {name: getattr(args, f"{flag}_{name}") for name in names}
 
@@ -165,7 +165,7 @@ def register(subparsers) -> None:
     add_flags(d, DistillOptions, exclude=_others(DistillOptions, method), title="method and KD3")
     add_flags(d, DistillOptions, exclude=_others(DistillOptions, training), title="training")
     add_flags(d, DistillOptions, exclude=_others(DistillOptions, ["class_map"]), title="classes")
-    _add_model_loading(d, "teacher")
+    add_model_loading(d, "teacher")
     d.set_defaults(func=cmd_distill)
 
     t = _parser(
@@ -194,7 +194,7 @@ def register(subparsers) -> None:
         "--json", action="store_true", help="print JSON instead of a table (default: off)"
     )
     add_flags(e, EvaluateOptions)
-    _add_model_loading(e, "model")
+    add_model_loading(e, "model")
     e.set_defaults(func=cmd_evaluate)
 
     x = _parser(
@@ -211,7 +211,7 @@ def register(subparsers) -> None:
         metavar="A,B",
         help="torchscript, onnx or both (default: %(default)s)",
     )
-    _add_model_loading(x, "model")
+    add_model_loading(x, "model")
     x.set_defaults(func=cmd_export)
 
     m = _parser(
@@ -248,7 +248,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         pool=args.pool or args.pool_npz,
         out=args.out,
         eval_set=args.eval,
-        teacher_load=_load_kwargs(args, "teacher"),
+        teacher_load=model_loading_kwargs(args, "teacher"),
         resume=args.resume,
         progress=sys.stderr.isatty(),
     )
@@ -294,7 +294,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         options,
         checkpoint=args.checkpoint,
         eval_set=args.eval,
-        model_load=_load_kwargs(args, "model"),
+        model_load=model_loading_kwargs(args, "model"),
         progress=sys.stderr.isatty(),
     )
     names = meta.class_names or [str(i) for i in range(meta.num_classes)]
@@ -316,7 +316,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     bad = set(formats) - {"torchscript", "onnx"}
     if bad:
         raise DistillError(f"unknown export format {sorted(bad)}; use torchscript and/or onnx")
-    written = export_checkpoint(args.checkpoint, args.out, formats, **_load_kwargs(args, "model"))
+    written = export_checkpoint(
+        args.checkpoint, args.out, formats, **model_loading_kwargs(args, "model")
+    )
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0

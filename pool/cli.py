@@ -7,8 +7,10 @@ import sys
 import time
 
 from common.options import add_flags, from_args
+from distill.cli import add_model_loading
 from pool.errors import PoolError
 from pool.options import ImportOptions
+from steer.options import ScoreOptions
 
 IMPORT_EXAMPLES = """examples:
   kd3 pool import cifar10_test.npz --out pools/c10          # x/y/class_names arrays
@@ -26,6 +28,16 @@ POOL_EXAMPLES = """examples:
   kd3 pool compact pools/c10
 
 `kd3 pool SUBCOMMAND --help` shows its flags, with their defaults."""
+
+SCORE_EXAMPLES = """examples:
+  kd3 pool score pools/pets --teacher teacher.pt
+  kd3 pool score pools/pets --teacher resnet18.pth --arch resnet18 --class-map kitty=cat
+
+Writes the teacher's prediction for every kept image into the manifest (teacher_class,
+teacher_confidence, teacher_class_prob, teacher_agrees, teacher_id), prints the yield per class
+(crawled, kept, useful, and confident images of the class crawled for other classes), and
+writes POOL/score/report.json and POOL/score/report.html (the most and least confident images
+of each class). Scoring again with the same teacher scores only the images added since."""
 
 INFO_EXAMPLES = """examples:
   kd3 pool info pools/pets"""
@@ -82,6 +94,22 @@ def register(subparsers) -> None:
     info.add_argument("pool", metavar="POOL", help="the pool directory")
     info.set_defaults(func=cmd_info)
 
+    score = sub.add_parser(
+        "score",
+        help="the teacher's class and confidence for every kept image; useful images per class",
+        description="Score a pool's kept images with the teacher: its class and confidence as "
+        "manifest columns, and per class how many images are useful (kept, and the teacher "
+        "agrees with the class they were crawled for).",
+        epilog=SCORE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    score.add_argument("pool", metavar="POOL", help="the pool directory")
+    score.add_argument("--teacher", required=True, metavar="CKPT", help="the teacher checkpoint")
+    score.add_argument("--json", action="store_true", help="print the yield as JSON")
+    add_flags(score, ScoreOptions, title="score options")
+    add_model_loading(score, "teacher")
+    score.set_defaults(func=cmd_score)
+
     compact = sub.add_parser(
         "compact",
         help="fold the manifest's appended parts into manifest.parquet",
@@ -114,6 +142,29 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"the pool{refinds}, {len(report.skipped)} skipped -> {report.pool.root} "
         f"({total} images in it; {time.perf_counter() - start:.1f} s)"
     )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from distill.cli import model_loading_kwargs
+    from steer.report import write_report
+    from steer.score import score_pool
+
+    options = from_args(ScoreOptions, args, "bad option")
+    result = score_pool(args.pool, args.teacher, options, teacher_load=model_loading_kwargs(args, "teacher"),
+                        log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    paths = write_report(result)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    for path in result.unreadable:
+        print(f"could not score {path}: unreadable image", file=sys.stderr)
+    print(f"pool {result.pool}: {result.scored_now} images scored by {result.teacher}; useful: "
+          f"teacher agrees with confidence >= {result.min_confidence}")  # fmt: skip
+    print(result.table())
+    print(f"report: {paths['html']}")
     return 0
 
 

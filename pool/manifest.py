@@ -50,6 +50,12 @@ OPTIONAL_FIELDS = [
     pa.field("eval_similarity", pa.float32()),
     pa.field("dup_hamming", pa.int32()),
     pa.field("dup_similarity", pa.float32()),
+    pa.field("crawl_round", pa.int32()),  # the crawl loop's round that found it (steer.loop)
+    pa.field("teacher_class", pa.string()),  # the teacher's view of it (steer.score)
+    pa.field("teacher_confidence", pa.float32()),
+    pa.field("teacher_class_prob", pa.float32()),
+    pa.field("teacher_agrees", pa.bool_()),
+    pa.field("teacher_id", pa.string()),
 ]
 
 # A stored image's path is a function of its sha256; anything else (absolute, "..", another

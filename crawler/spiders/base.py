@@ -12,7 +12,7 @@ from crawler.items import ImageItem
 from crawler.keywords import queries
 from crawler.pipelines import PoolWriter
 from crawler.stats import reject, skip
-from pool.classes import ClassList
+from pool.classes import ClassInfo, ClassList
 from pool.store import Pool
 
 
@@ -63,10 +63,16 @@ class ImageSpider(scrapy.Spider):
 
     # -- queries ------------------------------------------------------------------------------
     def class_queries(self):
-        """(class name, query, term) for every class not yet at its target."""
+        """(class name, query, term) for every class not yet at its target: its name and
+        keywords, or exactly the terms the crawl loop gives this round (KD3_CLASS_QUERIES)."""
+        this_round = self.settings.get("KD3_CLASS_QUERIES")
         for info in self.classes.classes:
+            if this_round is not None:
+                info = ClassInfo(info.name, tuple(this_round.get(info.name, ())))
+                if not info.keywords:
+                    continue
             if not self.writer.full(info.name):
-                for query, term in queries(info, self.templates):
+                for query, term in queries(info, self.templates, with_name=this_round is None):
                     yield info.name, query, term
 
     def count_rejected(self, reason: str) -> None:

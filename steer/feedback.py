@@ -1,0 +1,132 @@
+"""Query expansion by relevance feedback: search terms for a class, taken from the titles of the
+images the teacher confidently puts in it.
+
+A term is a run of one to MAX_WORDS words of a title (normalised: lower case, punctuation as
+spaces), without stop words at either end. For class c, each term has
+    support  the confident images of c whose title holds it (crawled for any class: the pool
+             often holds images of c crawled for another class, and their titles name c in
+             words the class name does not use)
+    purity   support / every scored image whose title holds it (an image the teacher puts in
+             another class, or is unsure of, counts against the term)
+Terms with support >= MIN_SUPPORT and purity >= MIN_PURITY are taken best first (support x
+purity, shorter first on ties), skipping a term whose images are all images of a term already
+taken (it would search the same pictures again) and terms searched before.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from crawler.keywords import normalise
+
+MAX_WORDS = 3
+MIN_SUPPORT = 2
+MIN_PURITY = 0.8
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "at",
+        "by",
+        "for",
+        "from",
+        "in",
+        "into",
+        "is",
+        "it",
+        "of",
+        "on",
+        "or",
+        "the",
+        "to",
+        "with",
+        "my",
+        "our",
+        "your",
+        "this",
+        "that",
+        "photo",
+        "image",
+        "picture",
+        "jpg",
+        "jpeg",
+        "png",
+        "file",
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Term:
+    text: str
+    support: int
+    purity: float
+
+    @property
+    def score(self) -> float:
+        return self.support * self.purity
+
+
+def title_terms(title: str) -> set[str]:
+    words = normalise(title).split()
+    out = set()
+    for n in range(1, MAX_WORDS + 1):
+        for i in range(len(words) - n + 1):
+            run = words[i : i + n]
+            if run[0] in STOP_WORDS or run[-1] in STOP_WORDS or any(w.isdigit() for w in run):
+                continue
+            if n == 1 and len(run[0]) < 3:
+                continue
+            out.add(" ".join(run))
+    return out
+
+
+def expand(
+    table: pa.Table,
+    classes: list[str],
+    teacher_id: str,
+    min_confidence: float,
+    used: set[str],
+    per_class: int,
+    *,
+    min_support: int = MIN_SUPPORT,
+    min_purity: float = MIN_PURITY,
+) -> dict[str, list[Term]]:
+    """Up to `per_class` new terms for each of `classes`, from a scored manifest (steer.score);
+    `used` holds the terms already searched (normalised)."""
+    scored = table.column_names
+    if "teacher_id" not in scored or "title" not in scored:
+        return {c: [] for c in classes}
+    rows = table.select(["title", "status", "teacher_id", "teacher_class", "teacher_confidence"])
+    images_of: dict[str, set[int]] = defaultdict(set)  # term -> scored images holding it
+    confident: dict[str, Counter] = defaultdict(Counter)  # class -> term -> confident images
+    for i, row in enumerate(rows.to_pylist()):
+        if row["status"] != "kept" or row["teacher_id"] != teacher_id or not row["title"]:
+            continue
+        terms = title_terms(row["title"])
+        for term in terms:
+            images_of[term].add(i)
+        if row["teacher_confidence"] >= min_confidence:
+            confident[row["teacher_class"]].update(terms)
+    out = {}
+    for c in classes:
+        candidates = [
+            Term(term, n, n / len(images_of[term]))
+            for term, n in confident[c].items()
+            if n >= min_support and term not in used
+        ]
+        candidates = [t for t in candidates if t.purity >= min_purity]
+        candidates.sort(key=lambda t: (-t.score, len(t.text.split()), t.text))
+        taken: list[Term] = []
+        for term in candidates:
+            if len(taken) == per_class:
+                break
+            if any(images_of[term.text] <= images_of[t.text] for t in taken):
+                continue
+            taken.append(term)
+        out[c] = taken
+    return out

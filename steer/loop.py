@@ -1,0 +1,197 @@
+"""The crawl loop: crawl, let the teacher score the pool, and crawl again for the classes that
+have too few useful images, with search terms the teacher's judgement found.
+
+Round 1 is the crawl as asked (class names and keywords). After each round every new kept image
+is scored (steer.score); a class is thin while its useful images are under the target. The
+next round searches, for each thin class only, new terms from the titles of the images the
+teacher confidently puts in that class (steer.feedback: relevance feedback), and may store up
+to twice the missing count of new images for it. Each round is its own crawl (crawl id
+<id>-r<k>, its own stats in POOL/crawls/ and in Redis) run in a child process (a Twisted reactor
+runs once per process), with the same options, so the politeness limits hold in every round.
+
+The loop stops by itself: every class at its target, the rounds used, no new term to search for
+any thin class, or a round that stored nothing new. Every image records its round (manifest
+column crawl_round) and the term that found it (keyword); POOL/crawls/<id>/loop.json and, with a
+Redis, the hash kd3:crawl:<id>:loop record each round's terms, requests and yields.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from common.files import atomic_write
+from crawler.errors import CrawlError
+from crawler.keywords import normalise, terms
+from crawler.options import CrawlJob
+from crawler.run import new_crawl_id
+from pool.classes import ClassInfo
+from pool.store import Pool
+from steer import feedback
+from steer.options import LoopOptions
+from steer.score import PoolScore, score_pool
+
+NEW_PER_MISSING = 2  # a thin class may store this many new images per missing useful one
+
+
+@dataclass
+class Round:
+    round: int
+    crawl_id: str
+    queries: dict[str, list[str]]  # the terms searched per class (round 1: names and keywords)
+    stored: int = 0  # new images stored
+    requests: int = 0  # HTTP requests made
+    useful: dict[str, int] = field(default_factory=dict)  # per class, after the round
+    terms: dict[str, list[dict]] = field(default_factory=dict)  # next terms, with their support
+
+
+@dataclass
+class LoopResult:
+    crawl_id: str
+    pool: str
+    target: int
+    rounds: list[Round] = field(default_factory=list)
+    stopped: str = ""  # why the loop ended
+    score: PoolScore | None = None
+
+    def to_dict(self) -> dict:
+        body = asdict(self)
+        body["score"] = self.score.to_dict() if self.score else None
+        return body
+
+    def summary(self) -> str:
+        lines = [f"crawl loop {self.crawl_id}: {len(self.rounds)} rounds, stopped: {self.stopped}"]
+        names = list(self.rounds[0].useful) if self.rounds else []
+        width = max([len("class"), *(len(n) for n in names)])
+        lines.append(f"{'class':<{width}} " + " ".join(f"{'r' + str(r.round):>6}"
+                                                       for r in self.rounds))  # fmt: skip
+        for name in names:
+            lines.append(f"{name:<{width}} " + " ".join(f"{r.useful[name]:>6}"
+                                                        for r in self.rounds))  # fmt: skip
+        lines.append(f"{'requests':<{width}} " + " ".join(f"{r.requests:>6}" for r in self.rounds))
+        return "\n".join(lines)
+
+
+def crawl_loop(
+    job: CrawlJob,
+    teacher: str | Path,
+    options: LoopOptions | None = None,
+    *,
+    teacher_load: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> LoopResult:
+    options = options or LoopOptions()
+    base = job.crawl_id or new_crawl_id()
+    target = options.useful_per_class or job.options.per_class
+    if not target:
+        raise CrawlError("the crawl loop needs a target: --useful-per-class or --per-class")
+    result = LoopResult(base, job.out, target)
+    used = {c.name: {normalise(t) for t in terms(ClassInfo(c.name, tuple(c.keywords)))}
+            for c in job.classes}  # fmt: skip
+    queries = None  # round 1: the classes' names and keywords
+    targets = None
+    for k in range(1, options.rounds + 1):
+        crawl_id = f"{base}-r{k}"
+        this = job.model_copy(update={"crawl_id": crawl_id, "round": k, "queries": queries,
+                                      "class_targets": targets})  # fmt: skip
+        record = Round(k, crawl_id, queries or {c.name: sorted(used[c.name]) for c in job.classes})
+        before = _rows(job.out)
+        stats = _crawl(this)
+        record.stored = _rows(job.out) - before
+        record.requests = int(stats.get("requests", 0))
+        score = score_pool(job.out, teacher, options.score_options(), teacher_load=teacher_load,
+                           log=log)  # fmt: skip
+        result.score = score
+        record.useful = {c.name: c.useful for c in score.classes}
+        result.rounds.append(record)
+        log(f"round {k}: {record.stored} new images, {record.requests} requests; useful "
+            + ", ".join(f"{n} {u}" for n, u in record.useful.items()))  # fmt: skip
+        thin = [c.name for c in score.classes if c.useful < target]
+        stop = _why_stop(k, options.rounds, thin, record)
+        if not stop:
+            table = Pool.open(job.out).manifest()
+            found = feedback.expand(table, thin, score.teacher_id, options.min_confidence,
+                                    set().union(*used.values()), options.terms_per_round)  # fmt: skip
+            record.terms = {c: [asdict(t) for t in found[c]] for c in thin if found[c]}
+            queries = {c: [t.text for t in found[c]] for c in thin if found[c]}
+            stop = "" if queries else "no new search term for the thin classes"
+            for c, new in queries.items():
+                used[c] |= set(new)
+            targets = _targets(table, score, thin, target)
+        _record(result, job, stop)
+        if stop:
+            result.stopped = stop
+            break
+    return result
+
+
+def _why_stop(k: int, rounds: int, thin: list[str], record: Round) -> str:
+    if not thin:
+        return "every class has its useful images"
+    if k > 1 and record.stored == 0:
+        return "the round found nothing new"
+    if k == rounds:
+        return f"all {rounds} rounds used"
+    return ""
+
+
+def _targets(table, score: PoolScore, thin: list[str], target: int) -> dict[str, int]:
+    """Per class, the images the pool may hold after the next round: what it holds now, plus
+    NEW_PER_MISSING per missing useful image for a thin class."""
+    kept = table.filter(pc.equal(table["status"], "kept"))
+    held = {c.name: 0 for c in score.classes}
+    for name in kept["class_name"].to_pylist():
+        if name in held:
+            held[name] += 1
+    missing = {c.name: target - c.useful for c in score.classes}
+    return {n: held[n] + (NEW_PER_MISSING * missing[n] if n in thin else 0) for n in held}
+
+
+def _rows(pool: str) -> int:
+    return Pool.open(pool).manifest().num_rows if Path(pool).is_dir() else 0
+
+
+def _crawl(job: CrawlJob) -> dict:
+    """Run one round's crawl in a child process; its stats."""
+    from crawler.stats import read_pool_stats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "job.json"
+        path.write_text(job.model_dump_json())
+        done = subprocess.run([sys.executable, "-m", "crawler.run", "--job", str(path)],
+                              capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        last = lines[-1] if lines else f"the crawler exited with {done.returncode}"
+        raise CrawlError(f"round {job.round}: {last.removeprefix('crawl: error: ')}")
+    return read_pool_stats(Path(job.out), job.crawl_id)
+
+
+def _record(result: LoopResult, job: CrawlJob, stop: str) -> None:
+    """loop.json in the pool, and the hash kd3:crawl:<id>:loop in Redis when there is one."""
+    result.stopped = stop
+    path = Path(job.out) / "crawls" / result.crawl_id / "loop.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+    if job.redis_url:
+        from common.services import redis_client
+
+        last = result.rounds[-1]
+        client = redis_client(job.redis_url)
+        key = f"kd3:crawl:{result.crawl_id}:loop"
+        client.hset(key, mapping={
+            "rounds": len(result.rounds),
+            "stopped": stop,
+            f"round:{last.round}:crawl_id": last.crawl_id,
+            f"round:{last.round}:queries": json.dumps(last.queries),
+            f"round:{last.round}:stored": last.stored,
+            f"round:{last.round}:requests": last.requests,
+            **{f"round:{last.round}:useful:{n}": u for n, u in last.useful.items()},
+        })  # fmt: skip

@@ -1,0 +1,50 @@
+"""What `kd3 pool score` and the crawl loop are asked to do: the one place their defaults are
+written.
+
+Light imports only (stdlib, pydantic): `kd3 --help` reads it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+MIN_CONFIDENCE = 0.5  # the teacher gives the class at least half its probability
+
+
+class ScoreOptions(BaseModel, extra="forbid"):
+    min_confidence: float = Field(
+        MIN_CONFIDENCE,
+        ge=0.0,
+        le=1.0,
+        description="an image is useful when the teacher agrees with its class at least this "
+        "confidently",
+    )
+    class_map: dict[str, str] = Field(
+        {},
+        description="rename a class of the pool to the teacher's class (repeat the flag for "
+        "more); without it, the pool's classes must be among the teacher's by name",
+        json_schema_extra={"metavar": "NAME=TEACHER_NAME"},
+    )
+    device: str | None = Field(
+        None,
+        description="where the teacher runs (cpu, cuda, cuda:1, mps)",
+        json_schema_extra={"default_help": "the best available"},
+    )
+
+
+class LoopOptions(ScoreOptions):
+    """The crawl loop (steer.loop): rounds of crawl, score, and crawl again for thin classes."""
+
+    rounds: int = Field(3, ge=1, le=20, description="crawl rounds at most, the first included")
+    useful_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="useful images wanted per class; a class under it is crawled again",
+        json_schema_extra={"default_help": "--per-class"},
+    )
+    terms_per_round: int = Field(
+        5, ge=1, le=50, description="new search terms per thin class and round, at most"
+    )
+
+    def score_options(self) -> ScoreOptions:
+        return ScoreOptions(**{k: getattr(self, k) for k in ScoreOptions.model_fields})
