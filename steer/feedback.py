@@ -6,11 +6,13 @@ spaces), without stop words at either end. For class c, each term has
     support  the confident images of c whose title holds it (crawled for any class: the pool
              often holds images of c crawled for another class, and their titles name c in
              words the class name does not use)
-    purity   support / every scored image whose title holds it (an image the teacher puts in
-             another class, or is unsure of, counts against the term)
+    purity   support / the confident images of any class whose title holds it (an image the
+             teacher confidently puts in another class counts against the term; one it is
+             unsure of is no evidence either way)
 Terms with support >= MIN_SUPPORT and purity >= MIN_PURITY are taken best first (support x
 purity, shorter first on ties), skipping a term whose images are all images of a term already
-taken (it would search the same pictures again) and terms searched before.
+taken, and terms that hold every word of a term taken or searched before (a search for
+them finds a part of what that term's search finds).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ def expand(
         return {c: [] for c in classes}
     rows = table.select(["title", "status", "teacher_id", "teacher_class", "teacher_confidence"])
     images_of: dict[str, set[int]] = defaultdict(set)  # term -> scored images holding it
+    confident_any: Counter = Counter()  # term -> confident images (any class) holding it
     confident: dict[str, Counter] = defaultdict(Counter)  # class -> term -> confident images
     for i, row in enumerate(rows.to_pylist()):
         if row["status"] != "kept" or row["teacher_id"] != teacher_id or not row["title"]:
@@ -112,20 +115,25 @@ def expand(
             images_of[term].add(i)
         if row["teacher_confidence"] >= min_confidence:
             confident[row["teacher_class"]].update(terms)
+            confident_any.update(terms)
     out = {}
     for c in classes:
         candidates = [
-            Term(term, n, n / len(images_of[term]))
+            Term(term, n, n / confident_any[term])
             for term, n in confident[c].items()
             if n >= min_support and term not in used
         ]
         candidates = [t for t in candidates if t.purity >= min_purity]
         candidates.sort(key=lambda t: (-t.score, len(t.text.split()), t.text))
         taken: list[Term] = []
+        searched = [set(t.split()) for t in used]
         for term in candidates:
             if len(taken) == per_class:
                 break
-            if any(images_of[term.text] <= images_of[t.text] for t in taken):
+            words = set(term.text.split())
+            if any(images_of[term.text] <= images_of[t.text] for t in taken) or any(
+                words >= s for s in searched + [set(t.text.split()) for t in taken]
+            ):
                 continue
             taken.append(term)
         out[c] = taken

@@ -229,3 +229,6 @@ def test_expansion_prefers_pure_terms_and_skips_redundant_ones():
     assert "police" not in dog  # also on the vans
     assert "german shepherd" not in dog  # a subset of what "german" searches
     assert [t.text for t in found["truck"]][:1] == ["van"]
+    # A term holding every word of one searched before finds part of what that search found.
+    again = [t.text for t in expand(table, ["dog"], "t", 0.5, {"dog", "german"}, 5)["dog"]]
+    assert again and not any(set(t.split()) >= {"german"} for t in again)
