@@ -26,7 +26,7 @@ from crawler.keywords import normalise
 
 MAX_WORDS = 3
 MIN_SUPPORT = 2
-MIN_PURITY = 0.8
+MIN_PURITY = 0.8  # steer.options.LoopOptions.min_purity; not tuned yet (see issue 15's note)
 STOP_WORDS = frozenset(
     [
         "a",

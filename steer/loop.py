@@ -118,7 +118,8 @@ def crawl_loop(
         if not stop:
             table = Pool.open(job.out).manifest()
             found = feedback.expand(table, thin, score.teacher_id, options.min_confidence,
-                                    set().union(*used.values()), options.terms_per_round)  # fmt: skip
+                                    set().union(*used.values()), options.terms_per_round,
+                                    min_purity=options.min_purity)  # fmt: skip
             record.terms = {c: [asdict(t) for t in found[c]] for c in thin if found[c]}
             queries = {c: [t.text for t in found[c]] for c in thin if found[c]}
             stop = "" if queries else "no new search term for the thin classes"

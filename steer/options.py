@@ -42,6 +42,13 @@ class LoopOptions(ScoreOptions):
         description="useful images wanted per class; a class under it is crawled again",
         json_schema_extra={"default_help": "--per-class"},
     )
+    min_purity: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="a new search term for a class must be on at least this share of the "
+        "images the teacher is sure of that carry it (steer/feedback.py)",
+    )
     terms_per_round: int = Field(
         5, ge=1, le=50, description="new search terms per thin class and round, at most"
     )
