@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-class", type=int, default=500)
     ap.add_argument("--min-purity", type=float, default=LoopOptions().min_purity)
+    ap.add_argument("--follow-pages", action="store_true")
     ap.add_argument("--out", help="pool folder (default: a temporary one)")
     args = ap.parse_args()
     teacher = args.teacher or str(
@@ -66,7 +67,8 @@ def main() -> None:
                                allow_networks=["127.0.0.1/32"], settings=FAST)  # fmt: skip
         job = CrawlJob(classes=config["classes"], options=options, out=str(out))
         start = time.time()
-        result = crawl_loop(job, teacher, LoopOptions(rounds=args.rounds, min_purity=args.min_purity),
+        result = crawl_loop(job, teacher, LoopOptions(rounds=args.rounds, min_purity=args.min_purity,
+                                                follow_pages=args.follow_pages),
                             log=lambda m: print(m, flush=True))  # fmt: skip
     print(f"\n{time.time() - start:.0f} s; teacher {teacher}; pool {out}")
     print(result.summary())

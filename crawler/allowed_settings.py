@@ -39,6 +39,7 @@ DEDICATED = {
     "KD3_ROUND": "the crawl loop (steer.loop)",
     "KD3_CLASS_QUERIES": "the crawl loop (steer.loop)",
     "KD3_CLASS_TARGETS": "the crawl loop (steer.loop)",
+    "KD3_SEED_CLASSES": "the crawl loop (steer.loop)",
 }
 
 

@@ -214,6 +214,12 @@ class CrawlJob(BaseModel):
         None,
         description="images of each class the pool may hold, instead of options.per_class",
     )
+    seed_classes: dict[str, tuple[str, int]] | None = Field(
+        None,
+        description="seed pages of the site source where the teacher found a class: every "
+        "image on them and on the pages they link to is taken for that class, links first "
+        "from the pages with the highest priority (the teacher's confident images there)",
+    )
 
     @field_validator("classes")
     @classmethod
@@ -245,7 +251,9 @@ class CrawlJob(BaseModel):
     @model_validator(mode="after")
     def _known_classes(self):
         names = {c.name for c in self.classes}
-        for what, given in (("queries", self.queries), ("class_targets", self.class_targets)):
+        seeded = {c for c, _ in (self.seed_classes or {}).values()}
+        for what, given in (("queries", self.queries), ("class_targets", self.class_targets),
+                            ("seed_classes", seeded)):  # fmt: skip
             unknown = sorted(set(given or {}) - names)
             if unknown:
                 raise _refuse(f"{what} names classes the crawl does not have: {unknown}")

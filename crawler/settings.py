@@ -36,6 +36,7 @@ KD3_SITE_DEPTH = 3  # generic site spider: links followed from a seed
 KD3_ROUND = 1  # recorded with every image (manifest column crawl_round)
 KD3_CLASS_QUERIES = None  # {class: [terms]}: exactly these searches this round
 KD3_CLASS_TARGETS = {}  # {class: images the pool may hold}, instead of KD3_PER_CLASS
+KD3_SEED_CLASSES = {}  # {seed page: [class, priority]}: site spider takes every image for it
 
 # -- kd3: validation and storage -----------------------------------------------------------------
 KD3_MAX_PIXELS = 40_000_000  # decompression bombs are refused from the header

@@ -49,6 +49,12 @@ class LoopOptions(ScoreOptions):
         description="a new search term for a class must be on at least this share of the "
         "images the teacher is sure of that carry it (steer/feedback.py)",
     )
+    follow_pages: bool = Field(
+        False,
+        description="also crawl, for a thin class, every image on the pages where the teacher "
+        "found it and on the pages they link to (more images, lower precision: "
+        "bench/results/crawl_loop.txt)",
+    )
     terms_per_round: int = Field(
         5, ge=1, le=50, description="new search terms per thin class and round, at most"
     )

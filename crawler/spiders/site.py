@@ -9,7 +9,7 @@ import scrapy
 from scrapy.linkextractors import LinkExtractor
 from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 
-from crawler.keywords import KeywordMatcher
+from crawler.keywords import KeywordMatcher, Match
 from crawler.spiders.base import ImageSpider
 
 
@@ -53,9 +53,15 @@ class SiteSpider(ImageSpider):
     async def start(self):
         if not self.seeds:
             self.logger.error("site: no seed URLs (pass --seed or set KD3_SEEDS)")
+        focused = self.settings.getdict("KD3_SEED_CLASSES")
         for url in self.seeds:
             callback = self.parse_sitemap if self._is_sitemap(url) else self.parse_page
-            yield scrapy.Request(url, callback=callback, errback=self.on_error)
+            meta, priority = {}, 0
+            if url in focused:  # the crawl loop: a page where the teacher found a class
+                class_name, priority = focused[url]
+                meta = {"kd3_for": class_name, "kd3_priority": priority}
+            yield scrapy.Request(url, callback=callback, errback=self.on_error, meta=meta,
+                                 priority=priority)  # fmt: skip
 
     @staticmethod
     def _is_sitemap(url: str) -> bool:
@@ -82,6 +88,8 @@ class SiteSpider(ImageSpider):
             url = response.urljoin(src)  # absolute and data:/ftp:/file: URLs stay as they are
             filename = urlsplit(url).path.rsplit("/", 1)[-1] if url.startswith("http") else ""
             match = self.matcher.match(alt, title, caption, filename)
+            if match is None and response.meta.get("kd3_for"):  # taken for the teacher to judge
+                match = Match(response.meta["kd3_for"], "page")
             if match is None:
                 continue
             request = self.image_request(url, match.class_name, match.keyword,
@@ -91,7 +99,10 @@ class SiteSpider(ImageSpider):
         if response.meta.get("depth", 0) < self.depth_limit:
             for link in self.links.extract_links(response):
                 if self.on_site(link.url):
-                    yield scrapy.Request(link.url, callback=self.parse_page, errback=self.on_error)
+                    focus = {k: response.meta[k] for k in ("kd3_for", "kd3_priority")
+                             if k in response.meta}  # fmt: skip
+                    yield scrapy.Request(link.url, callback=self.parse_page, errback=self.on_error,
+                                         meta=focus, priority=focus.get("kd3_priority", 0))  # fmt: skip
                 else:  # never resolved or fetched
                     self.count_skipped("offsite_link")
 

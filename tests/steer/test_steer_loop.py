@@ -232,3 +232,26 @@ def test_expansion_prefers_pure_terms_and_skips_redundant_ones():
     # A term holding every word of one searched before finds part of what that search found.
     again = [t.text for t in expand(table, ["dog"], "t", 0.5, {"dog", "german"}, 5)["dog"]]
     assert again and not any(set(t.split()) >= {"german"} for t in again)
+
+
+def test_following_pages_takes_the_images_of_pages_where_the_teacher_found_a_thin_class(
+    tmp_path, teacher
+):
+    images, synsets = world_images(seed=5)
+    groups = [label for _, label in SYNSETS]  # a gallery links to its class's other gallery
+    bed = Testbed(images, synsets, [n for n, _ in SYNSETS], groups=groups, seed=0)
+    with LocalWeb() as server:
+        bed.serve(server)
+        result = crawl_loop(job(tmp_path / "pool", bed), teacher,
+                            LoopOptions(rounds=2, useful_per_class=40, follow_pages=True),
+                            log=lambda _m: None)  # fmt: skip
+        galleries = server.hits(bed.gallery_path(1))  # scarlet: no caption says "red"
+    table = Pool.open(tmp_path / "pool").manifest()
+    taken = table.filter(pc.equal(table["keyword"], "page")).to_pylist()
+    assert galleries >= 1 and taken
+    assert all(r["crawl_round"] == 2 and "/gallery/" in r["page_url"] for r in taken)
+    scarlet = [r for r in taken if bed.synsets[bed.image_of(r["url"])] == 1]
+    assert scarlet  # reached through gallery links only: no search finds it
+    thin = {n for n, u in result.rounds[0].useful.items() if u < 40}
+    assert {r["class_name"] for r in taken} <= thin  # taken for the class whose page led there
+    assert sum(result.rounds[1].useful.values()) > sum(result.rounds[0].useful.values())
