@@ -108,6 +108,9 @@ class ImageSpider(scrapy.Spider):
             self.count_rejected("scheme_not_allowed")
             self.logger.debug("refused %s link %.80s", scheme or "relative", url)
             return None
+        if url in self.writer.known_urls:  # stored by an earlier round of the crawl loop
+            self.count_skipped("already_in_pool")
+            return None
         meta = self.meta(class_name, keyword, page_url=page_url, **details)
         meta["allow_offsite"] = True  # images may live on another host than the pages
         return scrapy.Request(url, callback=self.parse_image, errback=self.on_error, meta=meta)

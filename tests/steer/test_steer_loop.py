@@ -191,6 +191,8 @@ def test_the_loop_finds_more_for_thin_classes_with_terms_from_confident_images(
     assert loop[b"stopped"].decode() == result.stopped
     assert int(loop[b"round:2:useful:red"]) == second.useful["red"]
     assert int(round_two[b"images_stored"]) == second.stored
+    # later rounds skip what earlier rounds stored: no image is fetched twice
+    assert all(web.web.hits(f"/img/{i}.png") <= 1 for i in range(len(web.images)))
     saved = json.loads((tmp_path / "pool" / "crawls" / result.crawl_id / "loop.json").read_text())
     assert [r["round"] for r in saved["rounds"]] == [r.round for r in result.rounds]
 
