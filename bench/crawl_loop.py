@@ -10,7 +10,9 @@ first with that script). The classes are configs/pipeline.yaml's (CIFAR-10 names
 
 Precision of a round: of its new images the teacher finds useful (kept, agreeing, confident),
 the share whose hidden CIFAR-10 label is the class they were crawled for; "all" is the same
-over every new image of the round. Not yet measured here: the student trained on each pool.
+over every new image of the round. `--students SEEDS` then trains the default KD3 recipe
+(resnet8, `--epochs`) on the pool after round 1 alone (a second, one-round run of the same
+testbed) and on the looped pool, side by side per seed, and reports CIFAR-10 test accuracy.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=500)
     ap.add_argument("--min-purity", type=float, default=LoopOptions().min_purity)
     ap.add_argument("--follow-pages", action="store_true")
+    ap.add_argument("--students", help="comma list of seeds: train students on both pools")
+    ap.add_argument("--epochs", type=int, default=10, help="student epochs")
     ap.add_argument("--out", help="pool folder (default: a temporary one)")
     args = ap.parse_args()
     teacher = args.teacher or str(
@@ -60,6 +64,8 @@ def main() -> None:
     config = yaml.safe_load((ROOT / "configs" / "pipeline.yaml").read_text())
     bed = Testbed(d["x"], fine, names, groups=[int(y[fine == s][0]) for s in range(len(names))])
     out = Path(args.out or tempfile.mkdtemp(prefix="kd3-crawl-loop-")) / "pool"
+    loop = LoopOptions(rounds=args.rounds, min_purity=args.min_purity,
+                       follow_pages=args.follow_pages)  # fmt: skip
     with LocalWeb() as web:
         bed.serve(web)
         options = CrawlOptions(sources=["openverse"], per_class=args.per_class,
@@ -67,9 +73,11 @@ def main() -> None:
                                allow_networks=["127.0.0.1/32"], settings=FAST)  # fmt: skip
         job = CrawlJob(classes=config["classes"], options=options, out=str(out))
         start = time.time()
-        result = crawl_loop(job, teacher, LoopOptions(rounds=args.rounds, min_purity=args.min_purity,
-                                                follow_pages=args.follow_pages),
-                            log=lambda m: print(m, flush=True))  # fmt: skip
+        result = crawl_loop(job, teacher, loop, log=lambda m: print(m, flush=True))
+        first = out.parent / "round1-pool"
+        if args.students and not first.exists():
+            crawl_loop(job.model_copy(update={"out": str(first), "crawl_id": None}), teacher,
+                       loop.model_copy(update={"rounds": 1}), log=lambda _m: None)  # fmt: skip
     print(f"\n{time.time() - start:.0f} s; teacher {teacher}; pool {out}")
     print(result.summary())
     table = Pool.open(out).manifest().to_pylist()
@@ -94,6 +102,36 @@ def main() -> None:
         )
     for r in result.rounds[1:]:
         print(f"round {r.round} searched: {r.queries}")
+    if args.students:
+        students(teacher, {"round 1": first, "looped": out}, Path(args.data), args)
+
+
+def students(teacher: str, pools: dict[str, Path], data: Path, args) -> None:
+    from distill.options import DistillOptions
+    from distill.stage import run_distill
+
+    seeds = [int(s) for s in args.students.split(",")]
+    acc: dict[str, list[float]] = {name: [] for name in pools}
+    for seed in seeds:
+        for name, pool in pools.items():
+            options = DistillOptions(epochs=args.epochs, seed=seed, student="resnet8")
+            run = run_distill(options, teacher=teacher, pool=pool, eval_set=data / "cifar10_test.npz",
+                              out=pool.parent / f"student-{name.replace(' ', '')}-{seed}",
+                              log=lambda _m: None)  # fmt: skip
+            acc[name].append(100 * run.final["eval_accuracy"])
+            print(
+                f"seed {seed} {name:8s} {Pool.open(pool).manifest().num_rows:6d} images  "
+                f"student {acc[name][-1]:.2f}%",
+                flush=True,
+            )
+    for name, values in acc.items():
+        print(
+            f"{name:8s} mean {np.mean(values):.2f}% std {np.std(values):.2f} over {len(values)} seeds"
+        )
+    gaps = [b - a for a, b in zip(*acc.values(), strict=True)]
+    print(
+        f"looped - round 1: {np.mean(gaps):+.2f} points (per seed {', '.join(f'{g:+.2f}' for g in gaps)})"
+    )
 
 
 if __name__ == "__main__":
