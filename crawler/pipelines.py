@@ -58,10 +58,11 @@ class PoolWriter:
         self._writing: defer.Deferred = defer.succeed(None)
         self._loop: task.LoopingCall | None = None
         # The pool as it is now, read once; each batch's AddResult keeps this current.
-        table = pool.manifest().select(["sha256", "class_name", "status", "url"]).to_pydict()
+        rows = pool.manifest()
+        table = rows.select(["sha256", "class_name", "status"]).to_pydict()
         self.known = set(table["sha256"])
         # The crawl loop's later rounds do not fetch again what an earlier round stored.
-        self.known_urls = set(table["url"]) if crawl_round > 1 else set()
+        self.known_urls = set(rows["url"].to_pylist()) if crawl_round > 1 else set()
         self.stored_per_class = Counter(
             name
             for name, status in zip(table["class_name"], table["status"], strict=True)

@@ -38,7 +38,6 @@ BATCH = 2048
 CENTRE_MIN_IMAGES = 64  # smaller pools: features are compared uncentred
 COPY_KEY = "copy-views-v3"  # cache of dedup/views.py view_descriptors
 COPY_DIM = views.VIEWS * views.COPY_GRID**2
-FIELDS = {f.name: f for f in manifest.CORE_FIELDS + manifest.OPTIONAL_FIELDS}
 
 
 @dataclass
@@ -200,7 +199,7 @@ def dedup_pool(
         updates[sha]["phash"] = hashes[sha]["phash"]
     result.groups = [[shas[k], *(shas[m] for m in v)] for k, v in groups.items()]
     result.statuses = {s: u["status"] for s, u in updates.items()}
-    pool.update(lambda t: _apply(t, updates))
+    pool.update(lambda t: manifest.update_rows(t, updates))
     return result
 
 
@@ -388,27 +387,3 @@ def _decode_each(pool: Pool, paths: list[str], progress: bool, fn) -> list:
         return list(
             tqdm(loaded, total=len(paths), disable=not progress, desc="thumbnails to verify")
         )
-
-
-def _apply(table: pa.Table, updates: dict[str, dict]) -> pa.Table:
-    """Write `updates` (by sha256) into the manifest; rows not in it keep their values."""
-    if not updates:
-        return table
-    keys = pa.array(list(updates), pa.string())
-    pos = pc.index_in(table["sha256"], value_set=keys)
-    hit = pc.is_valid(pos)
-    for name in next(iter(updates.values())):
-        typ = FIELDS[name].type
-        values = pa.array([u.get(name) for u in updates.values()], type=typ)
-        new = pc.if_else(hit, values.take(pos.fill_null(0)), _column(table, name, typ))
-        if name in table.column_names:
-            table = table.set_column(table.column_names.index(name), FIELDS[name], new)
-        else:
-            table = table.append_column(FIELDS[name], new)
-    return table
-
-
-def _column(table: pa.Table, name: str, typ) -> pa.ChunkedArray | pa.Array:
-    if name in table.column_names:
-        return table[name]
-    return pa.nulls(table.num_rows, typ)

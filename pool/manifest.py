@@ -80,6 +80,32 @@ def table_from_rows(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def column(table: pa.Table, name: str) -> pa.ChunkedArray | pa.Array:
+    """A known column, all null when the table does not have it yet."""
+    if name in table.column_names:
+        return table[name]
+    return pa.nulls(table.num_rows, _KNOWN[name].type)
+
+
+def update_rows(table: pa.Table, updates: dict[str, dict]) -> pa.Table:
+    """Write `updates` ({sha256: {column: value}}, known columns, the same in every update)
+    into the table; rows not in it keep their values, a column it lacks is added."""
+    if not updates:
+        return table
+    keys = pa.array(list(updates), pa.string())
+    pos = pc.index_in(table["sha256"], value_set=keys)
+    hit = pc.is_valid(pos)
+    for name in next(iter(updates.values())):
+        known = _KNOWN[name]
+        values = pa.array([u.get(name) for u in updates.values()], type=known.type)
+        new = pc.if_else(hit, values.take(pos.fill_null(0)), column(table, name))
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), known, new)
+        else:
+            table = table.append_column(known, new)
+    return table
+
+
 def path_sha256(path: str) -> str | None:
     """The sha256 a stored image's path names, or None if it is not of the form PATH_FORM."""
     if re.fullmatch(PATH_PATTERN, path) and path[7:9] == path[10:12]:

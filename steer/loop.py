@@ -108,9 +108,8 @@ def crawl_loop(
         crawl_id = f"{base}-r{k}"
         this = _round_job(job, k, crawl_id, queries, targets, seeds)
         record = Round(k, crawl_id, queries or {c.name: sorted(used[c.name]) for c in job.classes})
-        before = _rows(job.out)
         stats = _crawl(this)
-        record.stored = _rows(job.out) - before
+        record.stored = int(stats.get("images_stored", 0))
         record.requests = int(stats.get("requests", 0))
         score = score_pool(job.out, teacher, options.score_options(), teacher_load=teacher_load,
                            log=log)  # fmt: skip
@@ -138,7 +137,6 @@ def crawl_loop(
             targets = _targets(table, score, thin, target)
         _record(result, job, stop)
         if stop:
-            result.stopped = stop
             break
     return result
 
@@ -201,10 +199,6 @@ def _targets(table, score: PoolScore, thin: list[str], target: int) -> dict[str,
             held[name] += 1
     missing = {c.name: target - c.useful for c in score.classes}
     return {n: held[n] + (NEW_PER_MISSING * missing[n] if n in thin else 0) for n in held}
-
-
-def _rows(pool: str) -> int:
-    return Pool.open(pool).manifest().num_rows if Path(pool).is_dir() else 0
 
 
 def _crawl(job: CrawlJob) -> dict:

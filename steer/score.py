@@ -31,19 +31,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pool import manifest
 from pool.errors import PoolError
 from pool.store import Pool
 from steer.options import ScoreOptions
 
 BATCH = 1024  # images decoded and scored at a time
 
-FIELDS = {
-    "teacher_class": pa.string(),
-    "teacher_confidence": pa.float32(),
-    "teacher_class_prob": pa.float32(),
-    "teacher_agrees": pa.bool_(),
-    "teacher_id": pa.string(),
-}
+COLUMNS = ("teacher_class", "teacher_confidence", "teacher_class_prob", "teacher_agrees",
+           "teacher_id")  # fmt: skip
 
 
 @dataclass
@@ -134,16 +130,14 @@ def score_pool(
     own = checkpoint_id(teacher)
 
     table = pool.manifest()
-    kept = pc.equal(table["status"], "kept")
-    if "teacher_id" in table.column_names:
-        kept = pc.and_(kept, pc.invert(pc.fill_null(pc.equal(table["teacher_id"], own), False)))
-    todo = table.filter(kept)
+    scored = pc.fill_null(pc.equal(manifest.column(table, "teacher_id"), own), False)
+    todo = table.filter(pc.and_(pc.equal(table["status"], "kept"), pc.invert(scored)))
     crawled_index = {name: to_teacher[i] for i, name in enumerate(classes.names)}
     updates, unreadable = _score_rows(
         pool, todo, model, meta, options.device, crawled_index, names, own
     )
     if updates:
-        pool.update(lambda t: _apply(t, updates))
+        pool.update(lambda t: manifest.update_rows(t, updates))
     result = PoolScore(
         str(pool.root), str(teacher), own, options.min_confidence, len(updates), unreadable
     )
@@ -199,54 +193,34 @@ def _decode(pool: Pool, path: str, size: int) -> np.ndarray | None:
         return None
 
 
-def _apply(table: pa.Table, updates: dict[str, dict]) -> pa.Table:
-    """Write `updates` (by sha256) into the manifest's teacher columns; other rows keep theirs."""
-    keys = pa.array(list(updates), pa.string())
-    pos = pc.index_in(table["sha256"], value_set=keys)
-    hit = pc.is_valid(pos)
-    for name, typ in FIELDS.items():
-        values = pa.array([u[name] for u in updates.values()], type=typ)
-        old = table[name] if name in table.column_names else pa.nulls(table.num_rows, typ)
-        new = pc.if_else(hit, values.take(pos.fill_null(0)), old)
-        if name in table.column_names:
-            table = table.set_column(table.column_names.index(name), pa.field(name, typ), new)
-        else:
-            table = table.append_column(pa.field(name, typ), new)
-    return table
-
-
 def class_yields(
     table: pa.Table, names: list[str], own: str, min_confidence: float
 ) -> list[ClassYield]:
     """The per-class yield of a scored manifest (see the module docstring)."""
     out = {n: ClassYield(n) for n in names}
-    cols = {k: table[k].to_pylist() for k in ("class_name", "status")}
-    scored = "teacher_id" in table.column_names
-    empty = [None] * table.num_rows
-    ids = table["teacher_id"].to_pylist() if scored else empty
-    top = table["teacher_class"].to_pylist() if scored else empty
-    conf = table["teacher_confidence"].to_pylist() if scored else empty
-    for i, (wanted, status) in enumerate(zip(cols["class_name"], cols["status"], strict=True)):
+    read = ("class_name", "status", "teacher_id", "teacher_class", "teacher_confidence")
+    columns = [manifest.column(table, name).to_pylist() for name in read]
+    for wanted, status, teacher_id, top, conf in zip(*columns, strict=True):
         mine = out.get(wanted)
         if mine is not None:
             mine.crawled += 1
             mine.kept += status == "kept"
-        confident = status == "kept" and ids[i] == own and conf[i] >= min_confidence
-        if not confident or top[i] not in out:
+        confident = status == "kept" and teacher_id == own and conf >= min_confidence
+        if not confident or top not in out:
             continue
-        if top[i] == wanted:
+        if top == wanted:
             out[wanted].useful += 1
         else:
-            out[top[i]].elsewhere += 1
+            out[top].elsewhere += 1
     return list(out.values())
 
 
 def load_scores(pool_dir: str | os.PathLike) -> pa.Table:
     """The manifest rows with their teacher columns (null where unscored)."""
     table = Pool.open(pool_dir).manifest()
-    for name, typ in FIELDS.items():
+    for name in COLUMNS:
         if name not in table.column_names:
-            table = table.append_column(pa.field(name, typ), pa.nulls(table.num_rows, typ))
+            table = table.append_column(name, manifest.column(table, name))
     return table
 
 
