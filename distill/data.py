@@ -1,7 +1,9 @@
 """Datasets kept decoded as uint8 tensors, and batched augmentation on tensors.
 
 A pool directory is materialised once (pool.materialize) and an .npz is read once; the images
-then live as one uint8 (N, H, W, 3) tensor, on the GPU when there is one. Augmentation
+then live as one uint8 (N, H, W, 3) tensor, on the GPU when there is one. A pool whose decoded
+images are over the memory budget stays in its cache on disk instead (distill.streaming), and
+batches are read ahead as the trainer needs them. Augmentation
 (RandomResizedCrop + flip + normalise) is one affine grid_sample call per batch: there is no
 per-image Python in the training loop.
 """
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from distill.contract import ClassInfo, Mapping
 from distill.errors import DistillError
 from distill.options import MAX_INPUT_SIZE
+from distill.streaming import DiskImages
 
 # Bounds on what loading untrusted files may allocate. The byte limits are read from the
 # environment at each load (a whole number of bytes), so bigger data needs no code change.
@@ -41,9 +44,17 @@ def check_size(source, nbytes: int, env: str, default: int, error=DistillError) 
         )
 
 
+def default_memory_budget(device: torch.device) -> int:
+    """Bytes of decoded images to hold in memory when the user sets no budget: a third of the
+    GPU's memory (the models and activations need the rest), else a quarter of the host's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 3
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
 @dataclass
 class ImageSet:
-    images: torch.Tensor  # (N, H, W, 3) uint8
+    images: torch.Tensor | DiskImages  # (N, H, W, 3) uint8, in memory or streamed from disk
     labels: torch.Tensor  # (N,) int64, -1 where unknown
     class_names: list[str] | None
     source: str
@@ -55,6 +66,22 @@ class ImageSet:
         return ImageSet(
             self.images.to(device), self.labels.to(device), self.class_names, self.source
         )
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.images, DiskImages)
+
+    def subset(self, keep: torch.Tensor) -> ImageSet:
+        """The images where the boolean mask `keep` is set."""
+        images = self.images.take(keep) if self.streamed else self.images[keep]
+        return ImageSet(images, self.labels[keep], self.class_names, self.source)
+
+    def batches(self, indices, pin_memory: bool = False):
+        """The uint8 images of each index tensor of `indices`, in turn: read ahead from disk
+        when streamed (pinned for a GPU when `pin_memory`), else indexed on their device."""
+        if self.streamed:
+            return self.images.batches(indices, pin_memory)
+        return (self.images[idx.to(self.images.device)] for idx in indices)
 
     @property
     def has_labels(self) -> bool:
@@ -137,28 +164,36 @@ class ImageSource:
         count = len(names) if names else self.max_label() + 1
         return ClassInfo(f"{what} {self.path}", names, count)
 
-    def load(self, size: int | None = 32, progress: bool = False) -> ImageSet:
+    def load(
+        self, size: int | None = 32, progress: bool = False, memory_budget: int | None = None
+    ) -> ImageSet:
         """Its images as uint8 `size` x `size` (npz images are resized if needed; size None
-        keeps an npz's own size, and means 32 for a pool)."""
+        keeps an npz's own size, and means 32 for a pool). A pool over `memory_budget` bytes
+        decoded is streamed from its cache on disk (no budget: always in memory); an npz is
+        always loaded whole (within KD3_MAX_DATA_BYTES)."""
         if size is not None and not 1 <= size <= MAX_INPUT_SIZE:
             raise DistillError(f"image size {size} out of range: 1 to {MAX_INPUT_SIZE} pixels")
         from pool.errors import PoolError
 
         try:
             if self.pool is not None:
-                return self._load_pool(size or 32, progress)
+                return self._load_pool(size or 32, progress, memory_budget)
             return self._load_npz(size, progress)
         except PoolError as exc:
             raise DistillError(str(exc)) from None
 
-    def _load_pool(self, size: int, progress: bool) -> ImageSet:
+    def _load_pool(self, size: int, progress: bool, memory_budget: int | None) -> ImageSet:
         from pool.materialize import materialize
 
         mat = materialize(self.pool, size, progress=progress)
         if len(mat.sha256) == 0:
             raise DistillError(f"{self.path}: the pool has no kept images")
+        if memory_budget is not None and mat.images.nbytes > memory_budget:
+            images = DiskImages(mat.path)
+        else:
+            images = torch.from_numpy(np.array(mat.images))  # copy out of the memory map
         return ImageSet(
-            images=torch.from_numpy(np.array(mat.images)),  # copy out of the memory map
+            images=images,
             labels=torch.from_numpy(mat.class_index.astype(np.int64)),
             class_names=self.class_names,
             source=str(self.path),

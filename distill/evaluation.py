@@ -23,9 +23,14 @@ def inference_batch_size(device: torch.device) -> int:
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, norm: Normalizer, batch_size: int | None = None
+    model: nn.Module,
+    images,
+    norm: Normalizer,
+    batch_size: int | None = None,
+    out_device=None,
 ) -> torch.Tensor:
-    """Logits (N, C) in float32 on the images' device, model in eval mode, no augmentation."""
+    """Logits (N, C) in float32 on `out_device` (default: the normaliser's), model in eval
+    mode, no augmentation. `images`: a uint8 tensor, or distill.streaming.DiskImages."""
     device = norm.mean.device
     batch_size = batch_size or inference_batch_size(device)
     was_training = model.training
@@ -33,7 +38,7 @@ def predict_logits(
     out = []
     with autocast_for(device):
         for part in images.split(batch_size):
-            out.append(model(norm.eval(part)).float())
+            out.append(model(norm.eval(part)).float().to(out_device or device))
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 

@@ -55,9 +55,27 @@ def select_instances(
 ) -> Selection:
     """S_e = {i : p_i > tau_{y_i}} from the blended logits z = a z_T + (1 - a) z_S, with the
     class thresholds clamped into `bounds` ((0, 1), no clamp, is the paper's rule)."""
+    conf, labels = blended_vote(z_t, z_s, share)
+    return select_confident(conf, labels, z_t.shape[1], tau, bounds)
+
+
+def blended_vote(
+    z_t: torch.Tensor, z_s: torch.Tensor, share: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's confidence and pseudo-label: max and argmax of softmax(a z_T + (1-a) z_S).
+    Row by row, so a pool can be voted on a chunk at a time."""
     q = torch.softmax(share * z_t.float() + (1.0 - share) * z_s.float(), dim=1)
-    conf, labels = q.max(dim=1)
-    num_classes = q.shape[1]
+    return q.max(dim=1)
+
+
+def select_confident(
+    conf: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    tau: float = 0.95,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> Selection:
+    """select_instances from the whole pool's votes (blended_vote)."""
     counts = torch.bincount(labels, minlength=num_classes)
     thresholds = class_thresholds(counts, tau).clamp(*bounds).to(conf.device, torch.float32)
     mask = conf > thresholds[labels]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ByteSize, Field, model_validator
 
 # Names only; distill.methods implements them (tests/distill check that the lists agree).
 DISTILL_METHODS = ("kd3", "kd3-paper", "kd", "dfnd", "random")
@@ -106,6 +106,15 @@ class TrainOptions(BaseModel, extra="forbid"):
     )
     seed: int = Field(0, ge=0, lt=2**31, description="seed of every random draw")
     device: Device = None
+    memory_budget: ByteSize | None = Field(
+        None,
+        description="decoded images to hold in memory (on the training device), e.g. 8GiB; a "
+        "larger pool is streamed from its image cache on disk",
+        json_schema_extra={
+            "metavar": "BYTES",
+            "default_help": "a third of the GPU's memory, else a quarter of the host's RAM",
+        },
+    )
 
     @model_validator(mode="after")
     def _crop_scale_rises(self):

@@ -19,7 +19,7 @@ import torch
 
 from distill.checkpoints import ModelMeta, load_model
 from distill.contract import ClassInfo, match_classes
-from distill.data import ImageSource, Normalizer
+from distill.data import ImageSource, Normalizer, default_memory_budget
 from distill.errors import DistillError
 from distill.evaluation import Accuracy, evaluate
 from distill.models import DEFAULT_INPUT_SIZE, check_arch
@@ -83,7 +83,8 @@ def run_distill(
     for source, mapping in zip(sources.values(), mappings, strict=True):
         if mapping.note:
             log(mapping.note)
-        data.append(source.load(meta.input_size, progress).mapped(mapping, meta.class_names))
+        loaded = source.load(meta.input_size, progress, memory_budget(options))
+        data.append(loaded.mapped(mapping, meta.class_names))
     trainer = Trainer(
         TrainConfig.from_options(options),
         data[0],
@@ -130,11 +131,12 @@ def train_teacher(
     size = options.input_size
     if size is None and source.pool is not None:
         size = DEFAULT_INPUT_SIZE.get(options.arch, 32)
-    train_set = source.load(size, progress)
+    train_set = source.load(size, progress, memory_budget(options))
     size = int(train_set.images.shape[1])  # an npz's own size when none was given
     eval_data = None
     if evaluation is not None:
-        eval_data = evaluation.load(size, progress).mapped(mapping, train_set.class_names)
+        eval_data = evaluation.load(size, progress, memory_budget(options))
+        eval_data = eval_data.mapped(mapping, train_set.class_names)
     trainer = Trainer(
         TrainConfig.from_options(options),
         train_set,
@@ -179,6 +181,13 @@ def evaluate_checkpoint(
     model = model.to(device, memory_format=torch.channels_last)
     with torch.no_grad():
         return evaluate(model, data.to(device), norm, meta.num_classes), meta
+
+
+def memory_budget(options) -> int:
+    """Bytes of decoded images a run holds in memory: the options', else the device's."""
+    if options.memory_budget is not None:
+        return int(options.memory_budget)
+    return default_memory_budget(pick_device(options.device))
 
 
 def _labelled(source: ImageSource) -> ImageSource:

@@ -63,7 +63,7 @@ RECIPE_FIELDS = {
     "mixing": True,
 }
 # Options that are no training settings: where to train, and how data meets the model.
-NOT_CONFIG = ("device", "class_map", "arch", "input_size")
+NOT_CONFIG = ("device", "class_map", "arch", "input_size", "memory_budget")
 STATE_FILE = "state.pt"  # in a run's folder: everything needed to resume it
 
 
@@ -157,9 +157,12 @@ def pick_device(device=None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def dataset_stats(images: torch.Tensor, limit: int = 20000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] (from at most `limit` images)."""
-    x = images[:limit].float().div_(255)
+def dataset_stats(images, limit_bytes: int = 64 << 20) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1], from at most `limit_bytes` of images spread evenly
+    over the set (20k images at 32 px)."""
+    n, count = len(images), max(1, limit_bytes // math.prod(images.shape[1:]))
+    pick = torch.linspace(0, n - 1, count).round().long().unique() if n > count else slice(None)
+    x = images[pick].float().div_(255)
     return x.mean(dim=(0, 1, 2)).tolist(), x.std(dim=(0, 1, 2)).tolist()
 
 
@@ -195,13 +198,7 @@ class Trainer:
         if not method_cls.needs_teacher:
             if not train_set.has_labels:
                 raise DistillError(f"{train_set.source}: supervised training needs labels ('y')")
-            keep = train_set.labels >= 0
-            train_set = ImageSet(
-                train_set.images[keep],
-                train_set.labels[keep],
-                train_set.class_names,
-                train_set.source,
-            )
+            train_set = train_set.subset(train_set.labels >= 0)
             self.num_classes = num_classes or train_set.num_classes
             self.class_names = class_names or train_set.class_names
             mean, std = dataset_stats(train_set.images)
@@ -227,6 +224,11 @@ class Trainer:
         if eval_set is not None:
             check_classes(eval_set, self.num_classes, self.class_names)
         self.train_set = train_set.to(self.device)
+        if train_set.streamed:
+            self.log(
+                f"{train_set.source}: {train_set.images.nbytes / 2**20:,.0f} MiB decoded, over "
+                f"the memory budget: streamed from {train_set.images.path}"
+            )
         self.eval_set = eval_set.to(self.device) if eval_set is not None else None
         self.norm = Normalizer(mean, std, self.input_size, self.device, channels_last)
         self.infer_batch = cfg.infer_batch_size or inference_batch_size(self.device)
@@ -335,8 +337,13 @@ class Trainer:
         """Before the first epoch: the teacher's view of the clean pool (once: DFND ranks by it,
         the robust selection reads it, and it says how well the pool covers each class)."""
         if self.teacher is not None:
+            # A streamed pool's logits stay on the host: N x C floats may not fit the device.
             self.method.ctx.teacher_logits = predict_logits(
-                self.teacher, self.train_set.images, self.norm, self.infer_batch
+                self.teacher,
+                self.train_set.images,
+                self.norm,
+                self.infer_batch,
+                out_device="cpu" if self.train_set.streamed else None,
             )
             cover = diagnostics.coverage(
                 self.method.ctx.teacher_logits, self.class_names, self.train_set.labels
@@ -413,11 +420,12 @@ class Trainer:
         bar = tqdm(
             batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False
         )
-        for step, idx in enumerate(bar):
+        images = self.train_set.batches(batches, pin_memory=self.device.type == "cuda")
+        for step, (idx, batch) in enumerate(zip(bar, images, strict=True)):
             lr = self.lr_at(epoch + step / len(batches))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            terms = self.train_step(idx.to(self.device), gen)
+            terms = self.train_step(idx.to(self.device), batch, gen)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
@@ -455,14 +463,17 @@ class Trainer:
         return metrics
 
     def recalibrate_bn(self, indices: torch.Tensor) -> None:
-        images = self.train_set.images[indices.to(self.device)]
-        batches = (self.norm.eval(part) for part in images.split(self.cfg.batch_size))
+        parts = self.train_set.batches(indices.split(self.cfg.batch_size))
+        batches = (self.norm.eval(part) for part in parts)
         with autocast_for(self.device):
             torch.optim.swa_utils.update_bn(batches, self.student)
 
-    def train_step(self, idx: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
+    def train_step(
+        self, idx: torch.Tensor, images: torch.Tensor, gen: torch.Generator
+    ) -> dict[str, float]:
+        """One optimizer step on `images` (uint8), the pool images `idx`."""
         cfg = self.cfg
-        x = self.norm.train(self.train_set.images[idx], gen, cfg.crop_scale, augment=cfg.augment)
+        x = self.norm.train(images, gen, cfg.crop_scale, augment=cfg.augment)
         with autocast_for(self.device):
             terms = self.method.loss(x, idx, gen)
         loss = sum(terms.values())

@@ -2,10 +2,15 @@
 
 The cache file is keyed by the size and the ordered list of kept sha256s, so it is rebuilt
 exactly when the set of kept images changes, and opened memory-mapped otherwise.
+
+Building it streams: images are decoded CHUNK at a time (threads) and appended to
+`<cache>.partial`, so memory holds one chunk whatever the pool's size, and a build that was
+stopped (killed, out of disk) continues from the last whole row of its partial file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -16,12 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from common.files import atomic_write
 from pool.errors import InvalidImage, PoolError
 from pool.images import decode_rgb, resize_center_crop
 from pool.store import Pool
 
 CACHE_FORMAT = 2  # bump when the decode/resize recipe changes
+CHUNK = 512  # images decoded (and held) at a time while the cache is built
 
 
 @dataclass
@@ -41,13 +46,42 @@ def _decode_one(pool: Pool, row_path: str, size: int) -> np.ndarray:
     return np.asarray(resize_center_crop(img, size), dtype=np.uint8)
 
 
-def _write_npy(fh, arrays, shape: tuple[int, ...]) -> None:
-    """An .npy file of `shape` uint8, written row by row as `arrays` yields them (the whole
-    array is never in memory)."""
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
-    np.lib.format.write_array_header_1_0(fh, {**header, "shape": shape})
-    for arr in arrays:
-        fh.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
+    np.lib.format.write_array_header_1_0(buffer, {**header, "shape": shape})
+    return buffer.getvalue()
+
+
+def _build_cache(pool: Pool, paths: list[str], size: int, target, progress: bool) -> None:
+    """Write the .npy of `paths` decoded at `size` to `target`, through `target`.partial:
+    resumed from its last whole row when one is there, renamed into place when complete."""
+    header = _npy_header((len(paths), size, size, 3))
+    row = size * size * 3
+    partial = target.with_name(target.name + ".partial")
+    done = 0
+    if partial.exists() and partial.stat().st_size >= len(header):
+        with open(partial, "rb") as fh:
+            if fh.read(len(header)) == header:
+                done = min(len(paths), (partial.stat().st_size - len(header)) // row)
+    mode = "r+b" if done else "wb"
+    with open(partial, mode) as fh, ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as ex:
+        if not done:
+            fh.write(header)
+        fh.truncate(len(header) + done * row)  # drop a torn last row
+        fh.seek(len(header) + done * row)
+        bar = tqdm(total=len(paths), initial=done, disable=not progress, desc="decode")
+        for start in range(done, len(paths), CHUNK):
+            chunk = paths[start : start + CHUNK]
+            for image in ex.map(lambda p: _decode_one(pool, p, size), chunk):
+                fh.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+            fh.flush()
+            bar.update(len(chunk))
+        bar.close()
+        os.fsync(fh.fileno())
+    os.replace(partial, target)
 
 
 def materialize(
@@ -65,12 +99,15 @@ def materialize(
     ).hexdigest()[:20]
     target = pool.cache_dir / f"images-{size}-{key}.npy"
     if not target.exists():
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
-            decoded = ex.map(lambda p: _decode_one(pool, p, size), paths, chunksize=256)
-            bar = tqdm(decoded, total=len(paths), disable=not progress, desc="decode")
-            atomic_write(target, lambda fh: _write_npy(fh, bar, (len(paths), size, size, 3)))
-        for old in pool.cache_dir.glob(f"images-{size}-*.npy"):
-            if old != target:
-                old.unlink(missing_ok=True)
+        pool.cache_dir.mkdir(parents=True, exist_ok=True)
+        # One builder at a time (two jobs on one pool): the other waits, then reads its cache.
+        with open(target.with_name(target.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not target.exists():
+                _build_cache(pool, paths, size, target, progress)
+        for pattern in (f"images-{size}-*.npy", f"images-{size}-*.npy.partial"):
+            for old in pool.cache_dir.glob(pattern):
+                if not old.name.startswith(target.name):  # other image sets' caches
+                    old.unlink(missing_ok=True)
     images = np.load(target, mmap_mode="r")
     return Materialized(images=images, sha256=shas, class_index=labels, path=str(target))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from distill import baselines, kd3
-from distill.evaluation import autocast_for, predict_logits
+from distill.evaluation import autocast_for
 from distill.methods.base import Method
 from distill.options import SELECTION_RULES  # noqa: F401  (the rules implemented here)
 
@@ -70,9 +70,9 @@ class KD3(Method):
         if not self.cfg.selection:
             return torch.arange(n), {"selected": n}
         share = self.teacher_share(epoch)
-        z_t, z_s = self.selection_logits(share, gen)
+        conf, labels = self.selection_votes(share, gen)
         bounds = (self.cfg.tau_min, self.cfg.tau_max) if self.robust else (0.0, 1.0)
-        sel = kd3.select_instances(z_t, z_s, share, self.cfg.tau, bounds)
+        sel = kd3.select_confident(conf, labels, self.ctx.num_classes, self.cfg.tau, bounds)
         chosen = sel.mask.nonzero().flatten().cpu()
         floor = round(MIN_SELECTED_SHARE * n)
         if self.robust and len(chosen) < floor:  # an unsure teacher: its most confident images
@@ -95,27 +95,31 @@ class KD3(Method):
         return self.cfg.selection_rule == "robust"
 
     @torch.inference_mode()
-    def selection_logits(self, share: float, gen: torch.Generator):
-        """Teacher and student logits (eval mode) on every pool image: one augmented view as in
-        the paper, or the clean images under the robust rule (the teacher's are then computed
-        once). A model whose share of the blend is 0 is not run."""
-        ctx, student = self.ctx, self.student
+    def selection_votes(self, share: float, gen: torch.Generator):
+        """The blended vote (confidence, pseudo-label) of teacher and student (eval mode) on
+        every pool image, a chunk at a time, so no model's logits of the whole pool are held
+        on the device: on one augmented view as in the paper, or on the clean images under the
+        robust rule (the teacher's logits are then those computed once). A model whose share
+        of the blend is 0 is not run."""
+        ctx, student, cfg = self.ctx, self.student, self.cfg
         student.eval()
-        if self.robust:
-            z_t = ctx.teacher_logits
-            images = ctx.train_set.images
-            z_s = predict_logits(student, images, ctx.norm, ctx.infer_batch) if share < 1 else None
-        else:
-
-            def view(part):
-                return ctx.norm.train(part, gen, self.cfg.crop_scale, augment=self.cfg.augment)
-
-            z_t, z_s = _predict_pair(
-                ctx.teacher if share > 0 else None, student if share < 1 else None, ctx, view
-            )
+        votes, start = [], 0
+        with autocast_for(ctx.device):
+            for part in ctx.train_set.images.split(ctx.infer_batch):
+                end = start + len(part)
+                zero = torch.zeros(len(part), ctx.num_classes, device=ctx.device)
+                if self.robust:
+                    x = ctx.norm.eval(part)
+                    z_t = ctx.teacher_logits[start:end].to(ctx.device)
+                else:
+                    x = ctx.norm.train(part, gen, cfg.crop_scale, augment=cfg.augment)
+                    z_t = ctx.teacher(x).float() if share > 0 else zero
+                z_s = student(x).float() if share < 1 else zero
+                votes.append(kd3.blended_vote(z_t, z_s, share))
+                start = end
         student.train()
-        zero = torch.zeros(len(ctx.train_set), ctx.num_classes, device=ctx.device)
-        return (z_t if z_t is not None else zero), (z_s if z_s is not None else zero)
+        conf, labels = zip(*votes, strict=True) if votes else ((), ())
+        return torch.cat(conf), torch.cat(labels)
 
     # -- Components 2 and 3: the loss of a batch -------------------------------------------------
     def loss(self, x, idx, gen):
@@ -163,16 +167,3 @@ class KD3Paper(KD3):
 
 def _pooled(fmap: torch.Tensor) -> torch.Tensor:
     return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1).float()
-
-
-def _predict_pair(teacher, student, ctx, view):
-    """Logits of teacher and student (either may be None) on the same views of every image."""
-    z_t, z_s = [], []
-    with autocast_for(ctx.device):
-        for part in ctx.train_set.images.split(ctx.infer_batch):
-            x = view(part)
-            if teacher is not None:
-                z_t.append(teacher(x).float())
-            if student is not None:
-                z_s.append(student(x).float())
-    return (torch.cat(z_t) if z_t else None), (torch.cat(z_s) if z_s else None)
