@@ -71,6 +71,12 @@ class ImageSet:
     def streamed(self) -> bool:
         return isinstance(self.images, DiskImages)
 
+    def part(self, start: int, stop: int):
+        """Images start to stop (a view: a tensor slice, or rows still on disk)."""
+        if self.streamed:
+            return self.images.take(torch.arange(start, stop))
+        return self.images[start:stop]
+
     def subset(self, keep: torch.Tensor) -> ImageSet:
         """The images where the boolean mask `keep` is set."""
         images = self.images.take(keep) if self.streamed else self.images[keep]

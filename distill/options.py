@@ -178,6 +178,14 @@ class DistillOptions(TrainOptions):
         json_schema_extra={"default_help": "the method's: 1 for kd3, else 0"},
     )
     kd_temperature: float = Field(4.0, gt=0, le=100, description="temperature of every KD term")
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="training processes (DistributedDataParallel on this machine): one per "
+        "GPU; on a host without GPUs, CPU processes talking gloo",
+        json_schema_extra={"metavar": "N"},
+    )
     subset_fraction: float = Field(
         0.5, gt=0, le=1, description="dfnd's and random's subset, as a share of the pool"
     )

@@ -20,6 +20,7 @@ import torch
 from distill.checkpoints import ModelMeta, load_model
 from distill.contract import ClassInfo, match_classes
 from distill.data import ImageSource, Normalizer, default_memory_budget
+from distill.distributed import Ranks, launch
 from distill.errors import DistillError
 from distill.evaluation import Accuracy, evaluate
 from distill.models import DEFAULT_INPUT_SIZE, check_arch
@@ -58,6 +59,7 @@ def run_distill(
     progress: bool = False,
     on_event: OnEvent | None = None,
     log: Callable[[str], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> RunResult:
     """Distil the `teacher` checkpoint into `options.student` on `pool` (a pool directory or
     an .npz), evaluated on `eval_set`; writes OUT/student.pt, state.pt, metrics.jsonl and
@@ -66,7 +68,9 @@ def run_distill(
     `teacher_load`: load_model's keywords for a bare state_dict (arch, num_classes, mean, std,
     input_size, class_names). `on_event` is called after every step and epoch (Trainer's
     step_callback); returning True stops with TrainingCancelled, the last epoch saved.
-    `log` (default: stderr) gets the class-mapping note and the epoch lines."""
+    `log` (default: stderr) gets the class-mapping note and the epoch lines.
+    With options.processes > 1 the run is split over that many processes (distill.distributed);
+    `ranks` is set in each of them."""
     log = log or _stderr
     check_arch(options.student)
     check_out_dir(out, resume)
@@ -79,6 +83,11 @@ def run_distill(
         [source.classes(what) for what, source in sources.items()],
         options.class_map,
     )
+    if options.processes > 1 and ranks is None:  # checked here; trained by the ranks
+        job = {"teacher": str(teacher), "pool": str(pool), "out": str(out), "resume": resume}
+        job |= {"eval_set": None if eval_set is None else str(eval_set)}
+        job |= {"teacher_load": teacher_load, "options": options.model_dump(mode="json")}
+        return _run_ranks(options, job, Path(out), on_event, log)
     data = []
     for source, mapping in zip(sources.values(), mappings, strict=True):
         if mapping.note:
@@ -95,9 +104,31 @@ def run_distill(
         device=options.device,
         step_callback=on_event,
         log=log,
-        progress=progress,
+        progress=progress and (ranks is None or ranks.main),
+        ranks=ranks,
     )
     return trainer.run(resume=resume)
+
+
+def _run_ranks(options, job: dict, out: Path, on_event: OnEvent | None, log) -> RunResult:
+    """run_distill on options.processes processes; the result as rank 0 wrote it."""
+    import json
+
+    gpus = torch.cuda.device_count()
+    if pick_device(options.device).type == "cuda" and gpus < options.processes:
+        raise DistillError(
+            f"{options.processes} processes need as many GPUs; this host has "
+            f"{torch.cuda.device_count()}"
+        )
+
+    def on_epoch(metrics: dict) -> bool:
+        return bool(on_event and on_event({"event": "epoch", "metrics": metrics}))
+
+    launch(job, out, options.processes, on_epoch, log)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    result = RunResult(out, [json.loads(line) for line in lines], out / "student.pt")
+    result.method_note = load_model(result.student_path)[1].summary.get("method_note", "")
+    return result
 
 
 def train_teacher(

@@ -33,6 +33,7 @@ from common.options import describe
 from distill import diagnostics
 from distill.checkpoints import ModelMeta, atomic_save, read_checkpoint_file, save_model
 from distill.data import ImageSet, Normalizer, check_classes
+from distill.distributed import Ranks
 from distill.errors import DistillError, TrainingCancelled
 from distill.evaluation import (
     Accuracy,
@@ -63,8 +64,9 @@ RECIPE_FIELDS = {
     "mixing": True,
 }
 # Options that are no training settings: where to train, and how data meets the model.
-NOT_CONFIG = ("device", "class_map", "arch", "input_size", "memory_budget")
+NOT_CONFIG = ("device", "class_map", "arch", "input_size", "memory_budget", "processes")
 STATE_FILE = "state.pt"  # in a run's folder: everything needed to resume it
+LOGITS_ON_DEVICE = 1 << 30  # bytes of the teacher's pool logits kept on the training device
 
 
 def _default(name: str):
@@ -185,8 +187,11 @@ class Trainer:
         log: Callable[[str], None] | None = None,
         eval_every: int = 1,
         progress: bool | None = None,
+        ranks: Ranks | None = None,
     ):
         self.cfg = cfg
+        # one of several processes (distill.distributed), or the only one
+        self.ranks = ranks = ranks or Ranks()
         self.eval_every = eval_every  # evaluate every k epochs, and always after the last
         self.out_dir = Path(out_dir)
         self.device = pick_device(device)
@@ -235,7 +240,7 @@ class Trainer:
 
         ctx = Context(
             cfg, self.train_set, self.norm, self.num_classes, self.device, self.infer_batch,
-            self.teacher,
+            self.teacher, ranks=ranks,
         )  # fmt: skip
         self.method = method_cls(ctx)
         torch.manual_seed(cfg.seed)  # weight initialisation
@@ -246,6 +251,13 @@ class Trainer:
         if channels_last:
             self.trainable = self.trainable.to(memory_format=torch.channels_last)
         self.method.bind(self.trainable)
+        self.batch_loss = self.method.loss
+        if ranks.world > 1:  # the loss goes through DDP's forward, which syncs the gradients
+            self.batch_loss = nn.parallel.DistributedDataParallel(
+                BatchLoss(self.method, self.trainable),
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,  # e.g. a KD3 student's unused own classifier
+            )
         params = [p for p in self.trainable.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             params,
@@ -267,6 +279,8 @@ class Trainer:
         return self.out_dir / STATE_FILE
 
     def save_state(self) -> None:
+        if not self.ranks.main:
+            return
         atomic_save(
             {
                 "epoch": len(self.history),
@@ -316,6 +330,8 @@ class Trainer:
             self._callback({"event": "epoch", "metrics": metrics})
         result = RunResult(self.out_dir, self.history, self.out_dir / final_name)
         result.method_note = self.method_note()
+        if not self.ranks.main:
+            return result
         save_model(result.student_path, self.student, self.student_meta())
         try:
             from distill.report import write_report
@@ -337,14 +353,19 @@ class Trainer:
         """Before the first epoch: the teacher's view of the clean pool (once: DFND ranks by it,
         the robust selection reads it, and it says how well the pool covers each class)."""
         if self.teacher is not None:
-            # A streamed pool's logits stay on the host: N x C floats may not fit the device.
-            self.method.ctx.teacher_logits = predict_logits(
+            # A streamed pool's logits, or more than LOGITS_ON_DEVICE bytes of them, stay on
+            # the host. With several ranks, each scores its shard of the pool and all gather.
+            n = len(self.train_set)
+            on_host = self.train_set.streamed or n * self.num_classes * 4 > LOGITS_ON_DEVICE
+            start, stop = self.ranks.shard(n)
+            logits = predict_logits(
                 self.teacher,
-                self.train_set.images,
+                self.train_set.part(start, stop),
                 self.norm,
                 self.infer_batch,
-                out_device="cpu" if self.train_set.streamed else None,
+                out_device="cpu" if on_host else None,
             )
+            self.method.ctx.teacher_logits = self.ranks.gather(logits, len(self.train_set))
             cover = diagnostics.coverage(
                 self.method.ctx.teacher_logits, self.class_names, self.train_set.labels
             )
@@ -409,18 +430,25 @@ class Trainer:
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # dropout in torchvision heads
         start = time.perf_counter()
+        ranks = self.ranks
+        ranks.broadcast_buffers(self.trainable)  # one student votes, on every rank
         indices, info = self.epoch_indices(epoch, gen)
         select_seconds = time.perf_counter() - start
-        order = indices[torch.randperm(len(indices), generator=gen)]
-        batches = [b for b in order.split(cfg.batch_size) if len(b) >= 2]  # BN needs 2 images
+        # rank 0's order on every rank (a paper-rule vote drew each rank's own views)
+        order = ranks.broadcast(indices[torch.randperm(len(indices), generator=gen)])
+        # BN needs 2 images per batch (per rank); each rank trains on its part of every batch
+        batches = [b for b in order.split(cfg.batch_size) if len(b) >= 2 * ranks.world]
+        parts = [ranks.batch_part(b) for b in batches]
+        if not ranks.main:  # its own augmentation draws, not rank 0's again
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + ranks.rank)
         if not batches:
             self.log(f"epoch {epoch + 1}: no image selected, nothing to train on this epoch")
         self.trainable.train()
         sums: dict[str, float] = {}
         bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False
+            parts, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False
         )
-        images = self.train_set.batches(batches, pin_memory=self.device.type == "cuda")
+        images = self.train_set.batches(parts, pin_memory=self.device.type == "cuda")
         for step, (idx, batch) in enumerate(zip(bar, images, strict=True)):
             lr = self.lr_at(epoch + step / len(batches))
             for group in self.optimizer.param_groups:
@@ -443,19 +471,23 @@ class Trainer:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         trained = sum(len(b) for b in batches)
+        sums = ranks.sum(sums)  # each rank's mean over its part: their mean is the batch's
         metrics = {
             "epoch": epoch + 1,
             "lr": self.lr_at(epoch),
-            "losses": {k: v / max(1, len(batches)) for k, v in sums.items()},
+            "losses": {k: v / max(1, len(batches) * ranks.world) for k, v in sums.items()},
             **info,
             "steps": len(batches),
             "epoch_seconds": seconds,
             "selection_seconds": select_seconds,
             "images_per_second": trained / max(seconds, 1e-9),
         }
+        if ranks.world > 1:
+            metrics["processes"] = ranks.world
         last = epoch + 1 == cfg.epochs
         evaluating = self.eval_set is not None and (last or (epoch + 1) % self.eval_every == 0)
-        if cfg.bn_recalibration and (evaluating or last):
+        evaluating = evaluating and ranks.main  # rank 0's student is the run's
+        if cfg.bn_recalibration and (evaluating or last) and ranks.main:
             self.recalibrate_bn(order[: cfg.bn_recalibration])
         if evaluating:
             acc = evaluate(self.student, self.eval_set, self.norm, self.num_classes)
@@ -475,7 +507,7 @@ class Trainer:
         cfg = self.cfg
         x = self.norm.train(images, gen, cfg.crop_scale, augment=cfg.augment)
         with autocast_for(self.device):
-            terms = self.method.loss(x, idx, gen)
+            terms = self.batch_loss(x, idx, gen)
         loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -483,6 +515,18 @@ class Trainer:
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss"] = float(loss.detach())
         return out
+
+
+class BatchLoss(nn.Module):
+    """A method's batch loss as a module over the trainable modules, for DDP to wrap."""
+
+    def __init__(self, method, trainable: nn.ModuleDict):
+        super().__init__()
+        self.method = [method]  # a list: not registered as a submodule
+        self.trainable = trainable
+
+    def forward(self, x, idx, gen):
+        return self.method[0].loss(x, idx, gen)
 
 
 def check_out_dir(out_dir: str | Path, resume: bool) -> None:

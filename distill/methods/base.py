@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from distill.data import ImageSet, Normalizer
+from distill.distributed import Ranks
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Context:
     teacher: nn.Module | None = None
     # teacher logits on the clean (un-augmented) pool, computed once by the trainer
     teacher_logits: torch.Tensor | None = None
+    ranks: Ranks = Ranks()  # the run's processes: a pass over the pool is split between them
 
 
 class Method:

@@ -103,9 +103,11 @@ class KD3(Method):
         of the blend is 0 is not run."""
         ctx, student, cfg = self.ctx, self.student, self.cfg
         student.eval()
-        votes, start = [], 0
+        n = len(ctx.train_set)
+        start, stop = ctx.ranks.shard(n)  # this rank's part; all gather the votes
+        votes = []
         with autocast_for(ctx.device):
-            for part in ctx.train_set.images.split(ctx.infer_batch):
+            for part in ctx.train_set.part(start, stop).split(ctx.infer_batch):
                 end = start + len(part)
                 zero = torch.zeros(len(part), ctx.num_classes, device=ctx.device)
                 if self.robust:
@@ -118,8 +120,9 @@ class KD3(Method):
                 votes.append(kd3.blended_vote(z_t, z_s, share))
                 start = end
         student.train()
-        conf, labels = zip(*votes, strict=True) if votes else ((), ())
-        return torch.cat(conf), torch.cat(labels)
+        empty = torch.empty(0, device=ctx.device)
+        conf, labels = zip(*votes, strict=True) if votes else ((empty,), (empty.long(),))
+        return ctx.ranks.gather(torch.cat(conf), n), ctx.ranks.gather(torch.cat(labels), n)
 
     # -- Components 2 and 3: the loss of a batch -------------------------------------------------
     def loss(self, x, idx, gen):

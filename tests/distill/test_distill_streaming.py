@@ -2,7 +2,6 @@
 
 import json
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,27 +11,11 @@ import torch
 from distill.errors import DistillError
 from distill.streaming import DiskImages
 from pool import Pool, materialize
-from pool.importer import import_into_pool
 from workers.cli import main
 
-sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import write_npz  # noqa: E402
+from .conftest import distill
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A resnet8 teacher trained for one epoch, a pool directory of 160 images, an eval set."""
-    root = tmp_path_factory.mktemp("streaming")
-    write_npz(root / "train.npz", 256, seed=1)
-    write_npz(root / "test.npz", 64, seed=2)
-    write_npz(root / "pool.npz", 128, seed=3, distractors=32)
-    import_into_pool(root / "pool.npz", root / "pool")
-    args = ["train-teacher", "--data", str(root / "train.npz"), "--arch", "resnet8"]
-    args += ["--epochs", "1", "--batch-size", "64", "--device", "cpu"]
-    assert main([*args, "--out", str(root / "teacher")]) == 0
-    return root
 
 
 def test_disk_images_read_any_rows_as_a_tensor_would(tmp_path):
@@ -46,7 +29,9 @@ def test_disk_images_read_any_rows_as_a_tensor_would(tmp_path):
     assert torch.equal(disk[2:250:3], memory[2:250:3])
     assert torch.equal(torch.cat(list(disk.split(128))), memory)  # read ahead, in order
     batches = [torch.randperm(300)[:64] for _ in range(20)]
-    assert all(torch.equal(a, memory[i]) for a, i in zip(disk.batches(batches), batches))
+    assert all(
+        torch.equal(a, memory[i]) for a, i in zip(disk.batches(batches), batches, strict=True)
+    )
     # a subset stays on disk; a copy sent to another process reopens the file
     odd = disk.take(torch.arange(300) % 2 == 1)
     assert len(odd) == 150 and torch.equal(odd[torch.tensor([0, 149])], memory[[1, 299]])
@@ -69,8 +54,8 @@ def test_disk_images_refuse_what_is_no_image_cache(tmp_path):
         DiskImages(tmp_path / "text.npy")
 
 
-def test_a_stopped_cache_build_resumes_from_its_last_whole_row(world):
-    pool = Pool.open(world / "pool")
+def test_a_stopped_cache_build_resumes_from_its_last_whole_row(small_world):
+    pool = Pool.open(small_world / "pool")
     full = materialize(pool, size=12)
     expected = np.array(full.images)
     target = Path(full.path)
@@ -90,17 +75,6 @@ def test_a_stopped_cache_build_resumes_from_its_last_whole_row(world):
     assert np.array_equal(got[100:], expected[100:])  # the torn row and the rest: decoded
 
 
-def _distill(world, out, *extra):
-    args = ["distill", "--teacher", str(world / "teacher" / "teacher.pt")]
-    args += ["--pool", str(world / "pool"), "--eval", str(world / "test.npz")]
-    args += ["--student", "resnet8", "--epochs", "2", "--batch-size", "32", "--device", "cpu"]
-    assert main([*args, "--out", str(out), *extra]) == 0
-    timing = {"epoch_seconds", "selection_seconds", "images_per_second"}
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    history = [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
-    return history, torch.load(out / "student.pt", weights_only=True)["state_dict"]
-
-
 @pytest.mark.parametrize(
     "options",
     [
@@ -109,19 +83,19 @@ def _distill(world, out, *extra):
         ["--method", "dfnd"],
     ],
 )
-def test_a_streamed_pool_trains_exactly_as_one_in_memory(world, tmp_path, capsys, options):
-    in_memory = _distill(world, tmp_path / "memory", *options)
+def test_a_streamed_pool_trains_exactly_as_one_in_memory(small_world, tmp_path, capsys, options):
+    in_memory = distill(small_world, tmp_path / "memory", *options)
     assert "streamed" not in capsys.readouterr().err
     # A budget of 100 kB is under the pool's 160 x 16 x 16 x 3 bytes: it is streamed.
-    streamed = _distill(world, tmp_path / "disk", *options, "--memory-budget", "100kB")
+    streamed = distill(small_world, tmp_path / "disk", *options, "--memory-budget", "100kB")
     assert "over the memory budget: streamed from" in capsys.readouterr().err
     assert streamed[0] == in_memory[0]
     assert streamed[1].keys() == in_memory[1].keys()
     assert all(torch.equal(streamed[1][k], in_memory[1][k]) for k in in_memory[1])
 
 
-def test_teacher_training_streams_a_labelled_pool(world, tmp_path):
-    args = ["train-teacher", "--data", str(world / "pool"), "--arch", "resnet8"]
+def test_teacher_training_streams_a_labelled_pool(small_world, tmp_path):
+    args = ["train-teacher", "--data", str(small_world / "pool"), "--arch", "resnet8"]
     args += ["--input-size", "16", "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b"), "--memory-budget", "1"]) == 0
@@ -129,8 +103,8 @@ def test_teacher_training_streams_a_labelled_pool(world, tmp_path):
     assert a["losses"] == b["losses"] and a["steps"] == b["steps"] == 4  # 128 labelled images
 
 
-def test_a_bad_memory_budget_is_refused_before_any_work(world, tmp_path, capsys):
-    args = ["distill", "--teacher", str(world / "teacher" / "teacher.pt")]
-    args += ["--pool", str(world / "pool"), "--out", str(tmp_path / "o")]
+def test_a_bad_memory_budget_is_refused_before_any_work(small_world, tmp_path, capsys):
+    args = ["distill", "--teacher", str(small_world / "teacher" / "teacher.pt")]
+    args += ["--pool", str(small_world / "pool"), "--out", str(tmp_path / "o")]
     assert main([*args, "--memory-budget", "lots"]) == 2
     assert "memory" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -52,6 +52,24 @@ def test_distill_job_runs_to_the_end_and_publishes_the_student(
     assert "progress" in events
 
 
+def test_a_job_asking_for_two_processes_trains_on_two_ranks(
+    services, start_worker, teacher_and_data
+):
+    # The gpu worker starts the ranks (DDP; gloo on this CPU host) and follows them.
+    _server, settings = services
+    data = teacher_and_data
+    job = submit_distill(settings, teacher=str(data["teacher"]), pool=str(data["pool"]),
+                         eval_set=str(data["eval"]), train=_train(2, processes=2))  # fmt: skip
+    start_worker("gpu")
+    store = _store(settings)
+    done = wait_final(store, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.metrics["processes"] == 2 and done.metrics["epoch"] == 2
+    assert (Path(settings.artifacts) / done.artifacts["student.pt"]).stat().st_size > 0
+    notes = [f.get("note", "") for _id, f in store.events(job.id)]
+    assert any("training on 2 processes" in note for note in notes)
+
+
 def test_cancel_stops_a_running_job_within_a_step(services, start_worker, teacher_and_data):
     _server, settings = services
     data = teacher_and_data
