@@ -88,7 +88,9 @@ def test_a_torchvision_teacher_at_224_px_distils_into_a_torchvision_student(tmp_
     assert "over the memory budget: streamed" in capsys.readouterr().err
     (cache,) = (tmp_path / "pool" / "cache").glob("images-224-*.npy")
     assert np.load(cache, mmap_mode="r").shape == (24, 224, 224, 3)
-    (m,) = [json.loads(line) for line in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    (m,) = [
+        json.loads(line) for line in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert set(m["losses"]) == {"wfa", "kd", "loss"} and np.isfinite(m["losses"]["loss"])
     assert m["selected"] >= 2 and m["eval_count"] == 8  # at least 10% of the pool
     student, meta = load_model(tmp_path / "o" / "student.pt")
