@@ -21,6 +21,11 @@ the GPU's compute from FLOP counts at an effective rate taken from MLPerf's ResN
 (no GPU here: that part is an estimate, and says so).
 
     .venv/bin/python bench/distill_scale.py [--sizes 32,224] [--budget-mib 256] [--steps 30]
+
+--end-to-end N instead runs `kd3 distill` itself (default KD3, one epoch, resnet20 -> resnet8 at
+32 px) on a pool directory of N synthetic images, with no budget and with --budget-mib, and
+reports wall time and the process's peak RSS (wait4): the whole run, teacher pass, selection,
+training and evaluation, not only the training steps.
 """
 
 from __future__ import annotations
@@ -40,9 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def write_pool(path: Path, count: int, size: int) -> None:
+def write_pool(path: Path, count: int, size: int, seed: int = 0) -> None:
     """Smooth random images (so augmentation and models see image-like input), 2k at a time."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     header = {"descr": "|u1", "fortran_order": False, "shape": (count, size, size, 3)}
     with open(path, "wb") as fh:
         np.lib.format.write_array_header_1_0(fh, header)
@@ -212,6 +217,52 @@ def projection(results: list[dict], decode_per_core: float, epochs: int = 20) ->
     return "\n".join(lines)
 
 
+def end_to_end(count: int, budget_mib: int, work: Path) -> None:
+    import torch
+
+    from distill.checkpoints import ModelMeta, save_model
+    from distill.models import create_model
+    from pool.importer import import_into_pool
+
+    pool = work / f"pool-{count}"
+    if not pool.exists():
+        x = np.empty((count, 32, 32, 3), np.uint8)
+        for start in range(0, count, 4096):
+            write_pool(work / "part.npy", min(4096, count - start), 32, seed=start)
+            x[start : start + 4096] = np.load(work / "part.npy")
+        names = np.array([f"class{i}" for i in range(10)])
+        y = np.random.default_rng(0).integers(0, 10, count)
+        np.savez(work / "synthetic.npz", x=x, y=y, class_names=names)
+        del x
+        report = import_into_pool(work / "synthetic.npz", pool)
+        assert report.added == count, f"{report.added} of {count} images added"
+    teacher = work / "teacher.pt"
+    torch.manual_seed(0)
+    names = [f"class{i}" for i in range(10)]
+    meta = ModelMeta("resnet20", 10, names, 32, (0.5,) * 3, (0.25,) * 3)
+    save_model(teacher, create_model("resnet20", 10), meta)
+    decoded = count * 32 * 32 * 3 / 2**20
+    print(f"# kd3 distill end to end: {count:,} images at 32 px ({decoded:.0f} MiB decoded), "
+          f"1 epoch, default KD3, resnet20 -> resnet8, 2 threads\n")  # fmt: skip
+    print("| memory budget | wall s | train img/s | peak RSS MiB |\n|---|---|---|---|")
+    for budget in (None, budget_mib):
+        out = work / f"run-{budget}"
+        cmd = [str(ROOT / ".venv/bin/kd3"), "distill", "--teacher", str(teacher), "--pool"]
+        cmd += [str(pool), "--epochs", "1", "--device", "cpu", "--out", str(out)]
+        cmd += ["--memory-budget", f"{budget}MiB"] if budget else []
+        start = time.perf_counter()
+        env = {**os.environ, "OMP_NUM_THREADS": "2"}
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        _pid, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        if status != 0:
+            sys.exit(process.stderr.read().decode()[-3000:])
+        metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        label = f"{budget} MiB (streamed)" if budget else "none (in memory)"
+        print(f"| {label} | {wall:.0f} | {metrics['images_per_second']:.0f} "
+              f"| {usage.ru_maxrss / 1024:,.0f} |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="32,224")
@@ -223,6 +274,7 @@ def main() -> None:
     parser.add_argument("--infer-images", type=int, default=2048)
     parser.add_argument("--cold", action="store_true")
     parser.add_argument("--work-dir", default=None, help="where the pools are written")
+    parser.add_argument("--end-to-end", type=int, default=0, metavar="N")
     # child mode
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--pool", help=argparse.SUPPRESS)
@@ -234,6 +286,8 @@ def main() -> None:
     pool_mib = args.pool_mib or 4 * args.budget_mib
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="kd3-scale-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.end_to_end:
+        return end_to_end(args.end_to_end, args.budget_mib, work)
     print(f"# distill data path, pool {pool_mib} MiB = {pool_mib / args.budget_mib:.1f}x "
           f"the {args.budget_mib} MiB budget; {args.threads} torch threads", flush=True)  # fmt: skip
     print(

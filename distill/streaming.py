@@ -117,6 +117,8 @@ class DiskImages:
     def read(self, index) -> np.ndarray:
         """The rows at `index` as a new (len(index), H, W, 3) array. Reads go in file order
         (one preadv per run of consecutive rows) straight into their places in the batch."""
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         if len(index) and (index.min() < -len(self) or index.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} images")

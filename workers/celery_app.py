@@ -1,6 +1,7 @@
 """The Celery app: Redis broker and backend, JSON only, one job at a time per worker process.
 
-Queues: `crawl` (crawler), `cpu` (dedup), `gpu` (distill; run one solo worker per GPU).
+Queues: `crawl` (crawler), `cpu` (dedup), `gpu` (score and distill: the teacher runs there;
+one solo worker per GPU).
 Start a worker:  celery -A workers.celery_app worker -Q gpu --pool solo --concurrency 1
 """
 
@@ -11,7 +12,7 @@ from kombu import Queue
 
 from workers.settings import Settings
 
-QUEUE_BY_KIND = {"crawl": "crawl", "dedup": "cpu", "distill": "gpu"}
+QUEUE_BY_KIND = {"crawl": "crawl", "dedup": "cpu", "score": "gpu", "distill": "gpu"}
 
 
 def make_app(settings: Settings | None = None) -> Celery:

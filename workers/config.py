@@ -4,10 +4,11 @@
     classes: [cat, {name: dog, keywords: [puppy]}]   # in the teacher's output order
     crawl: {sources: [wikimedia, openverse], per_class: 200}
     dedup: {eval: data/test.npz}
+    score: {}                      # the teacher's per-class yield (kd3 pool score), before distill
     distill: {teacher: teacher.pt, student: resnet8, method: kd3, epochs: 30, eval: data/test.npz}
 
 Relative paths are relative to the config file. Leave out `crawl` and give `pool:` to start
-from an existing pool; leave out `dedup` or `distill` to stop earlier.
+from an existing pool; leave out `dedup`, `score` or `distill` to skip or stop earlier.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from common.options import describe
 from crawler.options import ClassSpec, CrawlOptions
 from dedup.options import DedupOptions
 from distill.options import DistillOptions
+from steer.options import ScoreOptions
 from workers.references import check_name
 
 
@@ -53,6 +55,22 @@ class DedupSpec(DedupOptions):
     use_teacher: bool = Field(
         True,
         description="in a pipeline without --teacher, embed with the distill stage's teacher",
+    )
+
+
+class ScoreSpec(ScoreOptions):
+    """The config's `score:` section: the teacher scores the pool after dedup (kd3 pool score):
+    manifest columns, the per-class yield in the job's metrics, POOL/score/report.html."""
+
+    teacher: str | None = Field(
+        None,
+        description="the teacher checkpoint (local path, uploaded to the store, or artifact:KEY)",
+        json_schema_extra={"metavar": "CKPT", "default_help": "the distill stage's teacher"},
+    )
+    teacher_arch: str | None = Field(
+        None,
+        description="its architecture, for a bare state_dict (kd3 models lists them)",
+        json_schema_extra={"metavar": "ARCH", "default_help": "the checkpoint's own"},
     )
 
 
@@ -96,6 +114,7 @@ class PipelineConfig(_Strict):
     pool: str | None = None  # an existing pool instead of a crawl
     crawl: CrawlSpec | None = None
     dedup: DedupSpec | None = None
+    score: ScoreSpec | None = None
     distill: DistillSpec | None = None
 
     @field_validator("name")
@@ -111,8 +130,12 @@ class PipelineConfig(_Strict):
             )
         if self.crawl is not None and not self.classes:
             raise ValueError("a crawl needs 'classes'")
-        if not (self.crawl or self.dedup or self.distill):
-            raise ValueError("nothing to do: give at least one of 'crawl', 'dedup', 'distill'")
+        if not (self.crawl or self.dedup or self.score or self.distill):
+            raise ValueError(
+                "nothing to do: give at least one of 'crawl', 'dedup', 'score', 'distill'"
+            )
+        if self.score is not None and self.score.teacher is None and self.distill is None:
+            raise ValueError("score needs a teacher: give score.teacher, or a distill section")
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate class names in {names}")
@@ -131,6 +154,8 @@ class PipelineConfig(_Strict):
             update["dedup"] = self.dedup.model_copy(
                 update={"eval": fix(self.dedup.eval), "teacher": fix(self.dedup.teacher)}
             )
+        if self.score:
+            update["score"] = self.score.model_copy(update={"teacher": fix(self.score.teacher)})
         if self.distill:
             update["distill"] = self.distill.model_copy(
                 update={"teacher": fix(self.distill.teacher), "eval": fix(self.distill.eval)}

@@ -22,7 +22,7 @@ from common.errors import UserError
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-KINDS = ("crawl", "dedup", "distill", "pipeline")
+KINDS = ("crawl", "dedup", "score", "distill", "pipeline")
 _JSON_FIELDS = ("spec", "progress", "metrics", "artifacts", "children")
 
 

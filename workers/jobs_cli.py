@@ -68,6 +68,11 @@ def format_summary(parent: Job, children: list[Job], artifacts_root: str) -> str
             detail = f"{m.get('images_stored', 0)} images stored"
         elif job.kind == "dedup":
             detail = ", ".join(f"{k} {v}" for k, v in m.items() if isinstance(v, int))
+        elif job.kind == "score":
+            thin = [c["name"] for c in m.get("classes", []) if not c.get("useful")]
+            detail = f"{m.get('useful', 0)} useful images" + (
+                f"; none for {', '.join(thin)}" if thin else ""
+            )
         else:
             acc = m.get("eval_accuracy")
             detail = f"final accuracy {acc:.2%}" if acc is not None else ""

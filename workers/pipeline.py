@@ -1,4 +1,5 @@
-"""A pipeline is crawl -> dedup -> distill, as three job records linked by `next` under a parent.
+"""A pipeline is crawl -> dedup -> score -> distill, as job records linked by `next` under a
+parent.
 
 Each job enqueues the next when it succeeds (rather than a Celery chain), so a job that is
 requeued after its worker died keeps its place in the pipeline.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dedup.options import DedupOptions
+from steer.options import ScoreOptions
 from workers.artifacts import PREFIX, ArtifactStore
 from workers.config import PipelineConfig
 from workers.jobs import Job, JobStore
@@ -40,6 +42,16 @@ def plan(config: PipelineConfig, artifacts: ArtifactStore) -> list[tuple[str, di
         stages.append(("dedup", {
             "pool": pool_ref, "eval": artifacts.upload_input(d.eval), "teacher": embed_with,
             "options": d.model_dump(include=set(DedupOptions.model_fields)),
+        }))  # fmt: skip
+    if config.score is not None:
+        pool_key(parse_ref(pool_ref, "pool"), "pool")  # score writes columns: pools/NAME only
+        s = config.score
+        own = s.teacher is not None
+        stages.append(("score", {
+            "pool": pool_ref,
+            "teacher": PREFIX + artifacts.put_teacher(s.teacher) if own else teacher_ref,
+            "teacher_arch": s.teacher_arch if own else config.distill.teacher_arch,
+            "options": s.model_dump(mode="json", include=set(ScoreOptions.model_fields)),
         }))  # fmt: skip
     if config.distill is not None:
         d = config.distill

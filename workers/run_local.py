@@ -54,14 +54,17 @@ def run_pipeline(
 
 
 def _say_which_pool(config, store, parent, artifacts, log) -> None:
-    """Dedup rewrites the manifest of the pool it is given: a local pool is first copied into
-    the artifact store (named by its content), and the copy is what changes."""
-    if config.pool is None or config.dedup is None or config.pool.startswith("artifact:"):
+    """Dedup and score rewrite the manifest of the pool they are given: a local pool is first
+    copied into the artifact store (named by its content), and the copy is what changes."""
+    if config.pool is None or config.pool.startswith("artifact:"):
         return
     jobs = [store.get(c) for c in parent.children] if parent.kind == "pipeline" else [parent]
-    ref = next(job.spec["pool"] for job in jobs if job.kind == "dedup")
-    copy = artifacts.url(ref.removeprefix("artifact:"))
-    log(f"dedup marks {copy}, a copy of {config.pool}; {config.pool} itself is not changed")
+    writers = [job for job in jobs if job.kind in ("dedup", "score")]
+    if not writers:
+        return
+    copy = artifacts.url(writers[0].spec["pool"].removeprefix("artifact:"))
+    kinds = " and ".join(job.kind for job in writers)
+    log(f"{kinds} write to {copy}, a copy of {config.pool}; {config.pool} itself is not changed")
 
 
 @contextlib.contextmanager

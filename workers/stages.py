@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from common.files import atomic_write
@@ -44,8 +45,14 @@ def spec_options(kind: str, spec: dict):
     from crawler.options import CrawlOptions
     from dedup.options import DedupOptions
     from distill.options import DistillOptions
+    from steer.options import ScoreOptions
 
-    model = {"crawl": CrawlOptions, "dedup": DedupOptions, "distill": DistillOptions}[kind]
+    model = {
+        "crawl": CrawlOptions,
+        "dedup": DedupOptions,
+        "score": ScoreOptions,
+        "distill": DistillOptions,
+    }[kind]
     if "options" not in spec:  # queued by a kd3 that spread them over the spec: never guess
         raise OptionsError(
             f"{kind} job spec has no 'options' (queued by an older kd3?); submit it again"
@@ -206,4 +213,35 @@ def run_dedup(spec: dict, ctx: JobContext) -> StageResult:
     )  # fmt: skip
 
 
-STAGES = {"crawl": run_crawl, "dedup": run_dedup, "distill": run_distill}
+def run_score(spec: dict, ctx: JobContext) -> StageResult:
+    """The teacher's columns in the pool's manifest (in the store), and its per-class yield."""
+    from steer.report import write_report
+    from steer.score import score_pool
+
+    pool = pool_key(parse_ref(spec["pool"], "pool"))  # score rewrites it: artifact:pools/NAME
+    options = spec_options("score", spec)
+    _limit_threads()
+    pool_dir = ctx.artifacts.work_dir(pool)
+    ctx.progress({"stage": "score", "pool": pool}, force=True)
+    result = score_pool(
+        pool_dir,
+        resolve(ctx, spec["teacher"]),
+        options,
+        teacher_load={"arch": spec["teacher_arch"]} if spec.get("teacher_arch") else None,
+        log=lambda message: ctx.progress({"stage": "score", "note": message}, force=True),
+    )
+    write_report(result)
+    ctx.artifacts.sync_up(pool_dir, pool)
+    return StageResult(
+        metrics={
+            "scored": result.scored_now,
+            "useful": sum(c.useful for c in result.classes),
+            "classes": [asdict(c) for c in result.classes],
+            "unreadable": len(result.unreadable),
+        },
+        artifacts={"pool": pool, "score_report": f"{pool}/score/report.json",
+                   "score_page": f"{pool}/score/report.html"},
+    )  # fmt: skip
+
+
+STAGES = {"crawl": run_crawl, "dedup": run_dedup, "score": run_score, "distill": run_distill}

@@ -18,6 +18,7 @@ from workers.config import (
     DedupSpec,
     DistillSpec,
     PipelineConfig,
+    ScoreSpec,
     check_stages,
     load_config,
     validate_config,
@@ -27,6 +28,7 @@ from workers.jobs_cli import _settings, _store, follow, format_job, format_summa
 EXAMPLES = {
     "crawl": "kd3 submit crawl --name pets --classes cat,dog --per-class 200 --wait",
     "dedup": "kd3 submit dedup --pool artifact:pools/pets --eval test.npz --sim 0.95",
+    "score": "kd3 submit score --pool artifact:pools/pets --teacher teacher.pt --wait",
     "distill": "kd3 submit distill --teacher teacher.pt --pool artifact:pools/pets "
     "--eval test.npz --epochs 60",
     "pipeline": "kd3 submit pipeline configs/pipeline.yaml --wait --redis redis://host:6379/0",
@@ -71,6 +73,14 @@ def register(subparsers) -> None:
     add_flags(dedup, DedupSpec, exclude=("use_teacher",), title="dedup options (as kd3 dedup)")
     dedup.set_defaults(func=cmd_submit_dedup)
 
+    score = _kind(kinds, "score", "the teacher's per-class yield of a pool (gpu queue)",
+                  "Score a pool of the store (manifest columns, report); the flags are "
+                  "kd3 pool score's.")  # fmt: skip
+    score.add_argument("--pool", required=True,
+                       help="artifact:pools/NAME, or a local pool (uploaded, then scored) (required)")  # fmt: skip
+    add_flags(score, ScoreSpec, title="score options (as kd3 pool score)")
+    score.set_defaults(func=cmd_submit_score)
+
     dist = _kind(kinds, "distill", "distil a teacher checkpoint on a pool (gpu queue)",
                  "Distil on a worker; the flags are kd3 distill's.")  # fmt: skip
     dist.add_argument("--pool", required=True,
@@ -78,7 +88,7 @@ def register(subparsers) -> None:
     add_flags(dist, DistillSpec, title="distill options (as kd3 distill)")
     dist.set_defaults(func=cmd_submit_distill)
 
-    pipe = _kind(kinds, "pipeline", "crawl -> dedup -> distill from a config file",
+    pipe = _kind(kinds, "pipeline", "crawl -> dedup -> score -> distill from a config file",
                  "Queue every stage of a pipeline config; each starts when the one before "
                  "succeeded.")  # fmt: skip
     pipe.add_argument("config", metavar="CONFIG", help="pipeline YAML (see configs/)")
@@ -127,6 +137,10 @@ def cmd_submit_crawl(args) -> int:
 
 def cmd_submit_dedup(args) -> int:
     return _one_stage(args, "dedup", DedupSpec, name="dedup", pool=args.pool)
+
+
+def cmd_submit_score(args) -> int:
+    return _one_stage(args, "score", ScoreSpec, name="score", pool=args.pool)
 
 
 def cmd_submit_distill(args) -> int:

@@ -60,6 +60,11 @@ def dedup(job_id: str) -> str:
     return _run("dedup", job_id)
 
 
+@app.task(name="kd3.score")
+def score(job_id: str) -> str:
+    return _run("score", job_id)
+
+
 @app.task(name="kd3.distill")
 def distill(job_id: str) -> str:
     return _run("distill", job_id)

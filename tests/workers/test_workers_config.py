@@ -45,12 +45,16 @@ def test_names_become_classes_and_paths_resolve_against_the_file(tmp_path):
     assert config.pool == str(tmp_path / "pools" / "p")
     assert config.distill.teacher == str(tmp_path / "t.pt")
     assert config.distill.eval == "artifact:inputs/e.npz"
+    scored = load_config(_write(tmp_path, "name: x\npool: p\nscore: {teacher: s.pt}\n"))
+    assert scored.score.teacher == str(tmp_path / "s.pt")
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
         ("name: x\nclasses: [cat]\n", "give either 'crawl' (collect a new pool) or 'pool'"),
+        ("name: x\npool: p\nscore: {}\n", "score needs a teacher: give score.teacher"),
+        ("name: x\npool: p\nscore: {teacher: t.pt, min_confidence: 2}\n", "score.min_confidence"),
         (
             "name: x\nclasses: [cat]\npool: p\ncrawl: {per_class: -1}\n",
             "crawl.per_class: Input should be greater than or equal to 0",

@@ -1,4 +1,4 @@
-"""Whole pipelines: crawl -> dedup -> distill on real crawl, cpu and gpu workers, two at once,
+"""Whole pipelines: crawl -> dedup -> score -> distill on real crawl, cpu and gpu workers, two at once,
 crawling a generated web on 127.0.0.1; and the offline demo at toy size."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from crawler.localweb import LocalWeb
 from tests.workers.conftest import wait_final
 from workers.artifacts import ArtifactStore
-from workers.config import CrawlSpec, DedupSpec, DistillSpec, PipelineConfig
+from workers.config import CrawlSpec, DedupSpec, DistillSpec, PipelineConfig, ScoreSpec
 from workers.demo import world
 from workers.demo.run import serve
 from workers.jobs import JobStore
@@ -62,6 +62,7 @@ def _config(name: str, shapes: dict) -> PipelineConfig:
             sources=["site"], seeds=[web.url("/")], per_class=0, allow_networks=["127.0.0.0/8"]
         ),
         dedup=DedupSpec(eval=str(shapes["eval"]), use_teacher=False),
+        score=ScoreSpec(),  # with the distill stage's teacher
         distill=DistillSpec(
             teacher=str(shapes["teacher"]), epochs=1, batch_size=32, eval=str(shapes["eval"])
         ),
@@ -80,11 +81,16 @@ def test_two_pipelines_at_once_on_crawl_cpu_and_gpu_workers(services, start_work
         done = wait_final(store, parent.id, timeout=300)
         children = [store.get(c) for c in done.children]
         assert done.status == "succeeded", [(c.kind, c.status, c.error) for c in children]
-        crawl, dedup, distill = children
-        assert [c.status for c in children] == ["succeeded"] * 3
+        crawl, dedup, score, distill = children
+        assert [c.status for c in children] == ["succeeded"] * 4
         stats = server.client().hgetall(f"kd3:crawl:{crawl.metrics['crawl_id']}:stats")
         assert int(stats[b"images_stored"]) == crawl.metrics["images_stored"] > 20
         assert dedup.metrics["test_overlap"] >= 3  # the evaluation images hidden in the web
+        # the teacher's yield per class, before distillation; its page in the pool
+        assert [c["name"] for c in score.metrics["classes"]] == list(world.CLASSES)
+        kept = sum(c["kept"] for c in score.metrics["classes"])
+        assert score.metrics["scored"] == kept > 0 and score.metrics["useful"] <= kept
+        assert (Path(settings.artifacts) / score.artifacts["score_page"]).stat().st_size > 0
         assert (Path(settings.artifacts) / distill.artifacts["student.pt"]).exists()
     pools = {store.get(p.children[0]).artifacts["pool"] for p in parents}
     assert pools == {"pools/first", "pools/second"}
