@@ -238,3 +238,37 @@ def _record(result: LoopResult, job: CrawlJob, stop: str) -> None:
             f"round:{last.round}:requests": last.requests,
             **{f"round:{last.round}:useful:{n}": u for n, u in last.useful.items()},
         })  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m steer.loop --job FILE --teacher CKPT [--options JSON] [--teacher-arch A]`:
+    the crawl loop in a child process (the worker's crawl stage, when a pipeline loops), with
+    crawler.run's conventions: the last stdout line is a summary, a user error is one last
+    stderr line `crawl: error: MESSAGE` with exit 2, an interrupt exits 130."""
+    import argparse
+
+    from common.errors import UserError
+
+    parser = argparse.ArgumentParser(prog="python -m steer.loop")
+    parser.add_argument("--job", required=True, help="a CrawlJob as JSON")
+    parser.add_argument("--teacher", required=True, help="the teacher checkpoint")
+    parser.add_argument("--teacher-arch", help="its architecture, for a bare state_dict")
+    parser.add_argument("--options", default="{}", help="LoopOptions as JSON")
+    args = parser.parse_args(argv)
+    try:
+        job = CrawlJob.model_validate_json(Path(args.job).read_text())
+        options = LoopOptions.model_validate_json(args.options)
+        load = {"arch": args.teacher_arch} if args.teacher_arch else None
+        result = crawl_loop(job, args.teacher, options, teacher_load=load,
+                            log=lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
+    except UserError as exc:
+        print(f"crawl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(" ".join(result.summary().splitlines()[:1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,6 +4,7 @@
     classes: [cat, {name: dog, keywords: [puppy]}]   # in the teacher's output order
     crawl: {sources: [wikimedia, openverse], per_class: 200}
     dedup: {eval: data/test.npz}
+    loop: {rounds: 3}              # crawl again for classes with few useful images (teacher's)
     score: {}                      # the teacher's per-class yield (kd3 pool score), before distill
     distill: {teacher: teacher.pt, student: resnet8, method: kd3, epochs: 30, eval: data/test.npz}
 
@@ -23,7 +24,7 @@ from common.options import describe
 from crawler.options import ClassSpec, CrawlOptions
 from dedup.options import DedupOptions
 from distill.options import DistillOptions
-from steer.options import ScoreOptions
+from steer.options import LoopOptions, ScoreOptions
 from workers.references import check_name
 
 
@@ -114,6 +115,7 @@ class PipelineConfig(_Strict):
     pool: str | None = None  # an existing pool instead of a crawl
     crawl: CrawlSpec | None = None
     dedup: DedupSpec | None = None
+    loop: LoopOptions | None = None  # crawl again for thin classes (steer.loop), with a teacher
     score: ScoreSpec | None = None
     distill: DistillSpec | None = None
 
@@ -136,6 +138,11 @@ class PipelineConfig(_Strict):
             )
         if self.score is not None and self.score.teacher is None and self.distill is None:
             raise ValueError("score needs a teacher: give score.teacher, or a distill section")
+        if self.loop is not None:
+            if self.crawl is None:
+                raise ValueError("loop crawls again: it needs a 'crawl' section")
+            if (self.score is None or self.score.teacher is None) and self.distill is None:
+                raise ValueError("loop needs a teacher: give score.teacher, or a distill section")
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate class names in {names}")

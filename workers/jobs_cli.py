@@ -66,6 +66,8 @@ def format_summary(parent: Job, children: list[Job], artifacts_root: str) -> str
         m = job.metrics
         if job.kind == "crawl":
             detail = f"{m.get('images_stored', 0)} images stored"
+            if "rounds" in m:  # a crawl loop
+                detail += f" in {m['rounds']} rounds ({m.get('stopped', '')})"
         elif job.kind == "dedup":
             detail = ", ".join(f"{k} {v}" for k, v in m.items() if isinstance(v, int))
         elif job.kind == "score":

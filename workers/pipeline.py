@@ -21,18 +21,24 @@ def plan(config: PipelineConfig, artifacts: ArtifactStore) -> list[tuple[str, di
     """The (kind, spec) of each stage, with local inputs uploaded to the artifact store; every
     reference is checked here too, so a bad one fails at submit time."""
     stages: list[tuple[str, dict]] = []
+    teacher_ref = None
+    if config.distill is not None:
+        teacher_ref = PREFIX + artifacts.put_teacher(config.distill.teacher)
+    # The teacher that judges the pool (score, loop): score's own, else the distill stage's.
+    judge = {"teacher": teacher_ref, "teacher_arch": config.distill and config.distill.teacher_arch}
+    if config.score is not None and config.score.teacher is not None:
+        judge = {"teacher": PREFIX + artifacts.put_teacher(config.score.teacher),
+                 "teacher_arch": config.score.teacher_arch}  # fmt: skip
     if config.crawl is not None:
         pool = pool_key(f"pools/{check_name(config.name, 'name')}")
         stages.append(("crawl", {
             "classes": [c.model_dump() for c in config.classes], "pool_key": pool,
             "options": config.crawl.model_dump(mode="json"),
+            **({"loop": config.loop.model_dump(mode="json"), **judge} if config.loop else {}),
         }))  # fmt: skip
         pool_ref = PREFIX + pool
     else:
         pool_ref = artifacts.upload_input(config.pool)
-    teacher_ref = None
-    if config.distill is not None:
-        teacher_ref = PREFIX + artifacts.put_teacher(config.distill.teacher)
     if config.dedup is not None:
         pool_key(parse_ref(pool_ref, "pool"), "pool")  # dedup rewrites it: pools/NAME only
         d = config.dedup
@@ -45,14 +51,8 @@ def plan(config: PipelineConfig, artifacts: ArtifactStore) -> list[tuple[str, di
         }))  # fmt: skip
     if config.score is not None:
         pool_key(parse_ref(pool_ref, "pool"), "pool")  # score writes columns: pools/NAME only
-        s = config.score
-        own = s.teacher is not None
-        stages.append(("score", {
-            "pool": pool_ref,
-            "teacher": PREFIX + artifacts.put_teacher(s.teacher) if own else teacher_ref,
-            "teacher_arch": s.teacher_arch if own else config.distill.teacher_arch,
-            "options": s.model_dump(mode="json", include=set(ScoreOptions.model_fields)),
-        }))  # fmt: skip
+        options = config.score.model_dump(mode="json", include=set(ScoreOptions.model_fields))
+        stages.append(("score", {"pool": pool_ref, **judge, "options": options}))
     if config.distill is not None:
         d = config.distill
         stages.append(("distill", {

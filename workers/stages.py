@@ -8,6 +8,7 @@ pools/<name>). Every key, id and path is checked by workers.references before it
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -112,7 +113,8 @@ def run_distill(spec: dict, ctx: JobContext) -> StageResult:
 def run_crawl(spec: dict, ctx: JobContext) -> StageResult:
     """Crawl in a child process (a Twisted reactor runs once per process) that runs the same
     CrawlJob as `kd3 crawl`. The crawl id is the job id, so a redelivered job resumes the same
-    crawl from its Scrapy job directory."""
+    crawl from its Scrapy job directory. A spec with `loop` (and the judging `teacher`) runs
+    the crawl loop instead (steer.loop: rounds <id>-r1, -r2, ..., each its own crawl)."""
     from crawler.options import CrawlJob
     from crawler.stats import read_stats
 
@@ -127,13 +129,20 @@ def run_crawl(spec: dict, ctx: JobContext) -> StageResult:
     job_file = out.parent / f".{out.name}.crawl-{job.crawl_id}.json"
     atomic_write(job_file, job.model_dump_json().encode())
     client = redis_client(ctx.redis_url)
+    command = [sys.executable, "-m", "crawler.run", "--job", str(job_file)]
+    if spec.get("loop") is not None:
+        from steer.options import LoopOptions
+
+        loop = parse(LoopOptions, spec["loop"], "crawl job spec: loop", flags=False)
+        command = [sys.executable, "-m", "steer.loop", "--job", str(job_file), "--teacher",
+                   str(resolve(ctx, spec["teacher"])), "--options", loop.model_dump_json()]  # fmt: skip
+        command += ["--teacher-arch", spec["teacher_arch"]] if spec.get("teacher_arch") else []
     # Output goes to files, not pipes: Scrapy logs a lot, and a full pipe would block the child.
     with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "crawler.run", "--job", str(job_file)],
-            stdout=out_file, stderr=err_file, text=True,
-        )  # fmt: skip
-        stopping_since = _follow_crawl(process, ctx, client, job.crawl_id)
+        process = subprocess.Popen(command, stdout=out_file, stderr=err_file, text=True)
+        stopping_since = _follow_crawl(
+            process, ctx, client, job.crawl_id, loop=spec.get("loop") is not None
+        )
         out_text, err_text = _read_back(out_file), _read_back(err_file)
     job_file.unlink(missing_ok=True)
     if stopping_since is not None:
@@ -145,8 +154,10 @@ def run_crawl(spec: dict, ctx: JobContext) -> StageResult:
             raise CrawlError(last.removeprefix("crawl: error: "))
         raise RuntimeError(last)
     ctx.artifacts.sync_up(out, pool)
-    stats = _safe(lambda: read_stats(client, job.crawl_id), {})
     summary = out_text.strip().splitlines()[-1] if out_text.strip() else ""
+    if spec.get("loop") is not None:
+        return _loop_result(out, job.crawl_id, pool, summary)
+    stats = _safe(lambda: read_stats(client, job.crawl_id), {})
     return StageResult(
         metrics={"crawl_id": job.crawl_id, "summary": summary,
                  **{k: int(v) for k, v in stats.items() if v.isdigit()}},
@@ -154,16 +165,22 @@ def run_crawl(spec: dict, ctx: JobContext) -> StageResult:
     )  # fmt: skip
 
 
-def _follow_crawl(process, ctx: JobContext, client, crawl_id: str) -> float | None:
-    """Report the crawl's progress until the child ends; on cancel, stop it (SIGINT, then kill
-    after 30 s). Returns when the stop began, or None when it was not asked to stop."""
+def _follow_crawl(process, ctx: JobContext, client, crawl_id: str, loop: bool) -> float | None:
+    """Report the crawl's progress (a loop's: its current round's) until the child ends; on
+    cancel, stop it (SIGINT, then kill after 30 s). Returns when the stop began, or None when
+    it was not asked to stop."""
     from crawler.stats import read_stats
 
     stopping_since = None
     while process.poll() is None:
         time.sleep(0.5)
-        stats = _safe(lambda: read_stats(client, crawl_id), {})
-        ctx.progress({"stage": "crawl", "crawl_id": crawl_id,
+        current, extra = crawl_id, {}
+        if loop:  # the round after the ones the loop has recorded
+            done = _safe(lambda: client.hget(f"kd3:crawl:{crawl_id}:loop", "rounds"), None)
+            extra = {"round": int(done or 0) + 1}
+            current = f"{crawl_id}-r{extra['round']}"
+        stats = _safe(lambda c=current: read_stats(client, c), {})
+        ctx.progress({"stage": "crawl", "crawl_id": current, **extra,
                       "images_stored": int(stats.get("images_stored", 0))})  # fmt: skip
         if ctx.should_stop() and stopping_since is None:
             stopping_since = time.monotonic()
@@ -171,6 +188,22 @@ def _follow_crawl(process, ctx: JobContext, client, crawl_id: str) -> float | No
         elif stopping_since and time.monotonic() - stopping_since > 30:
             process.kill()
     return stopping_since
+
+
+def _loop_result(out: Path, crawl_id: str, pool: str, summary: str) -> StageResult:
+    """A crawl loop's metrics, from the loop.json it wrote: per round what it stored, and the
+    useful images per class after the last round."""
+    record = json.loads((out / "crawls" / crawl_id / "loop.json").read_text())
+    rounds = record["rounds"]
+    return StageResult(
+        metrics={"crawl_id": crawl_id, "summary": summary, "rounds": len(rounds),
+                 "stopped": record["stopped"],
+                 "images_stored": sum(r["stored"] for r in rounds),
+                 "requests": sum(r["requests"] for r in rounds),
+                 "stored_per_round": [r["stored"] for r in rounds],
+                 "useful": rounds[-1]["useful"] if rounds else {}},
+        artifacts={"pool": pool, "loop": f"{pool}/crawls/{crawl_id}/loop.json"},
+    )  # fmt: skip
 
 
 def _read_back(file) -> str:

@@ -257,3 +257,37 @@ def test_following_pages_takes_the_images_of_pages_where_the_teacher_found_a_thi
     thin = {n for n, u in result.rounds[0].useful.items() if u < 40}
     assert {r["class_name"] for r in taken} <= thin  # taken for the class whose page led there
     assert sum(result.rounds[1].useful.values()) > sum(result.rounds[0].useful.values())
+
+
+def test_a_pipeline_with_a_loop_crawls_again_then_scores(tmp_path, web, teacher):
+    # `kd3 run` of crawl (looping with score's teacher) -> score: the worker's stage functions.
+    from workers.config import PipelineConfig
+    from workers.jobs import JobStore
+    from workers.run_local import run_pipeline
+
+    crawl = job(tmp_path / "unused", web).options
+    config = PipelineConfig(
+        name="looped",
+        classes=[{"name": n} for n in NAMES],
+        crawl=crawl,
+        loop=LoopOptions(rounds=2, useful_per_class=40),
+        score={"teacher": str(teacher)},
+    )
+    with RedisServer() as redis:
+        parent, (crawled, scored) = run_pipeline(
+            config, tmp_path / "artifacts", redis.url, log=lambda _m: None
+        )
+        crawl_id = crawled.metrics["crawl_id"]
+        loop = redis.client().hgetall(f"kd3:crawl:{crawl_id}:loop")
+        events = JobStore(redis.client()).events(crawled.id)
+    assert parent.status == "succeeded", [(j.kind, j.error) for j in (crawled, scored)]
+    m = crawled.metrics
+    assert m["rounds"] == 2 == int(loop[b"rounds"]) and m["stopped"]
+    assert m["images_stored"] == sum(m["stored_per_round"]) and m["stored_per_round"][1] > 0
+    assert max(json.loads(f.get("round", "0")) for _id, f in events) >= 1  # progress: the round
+    pool = tmp_path / "artifacts" / crawled.artifacts["pool"]
+    table = Pool.open(pool).manifest()
+    assert set(table["crawl_round"].to_pylist()) == {1, 2}
+    # score ran after the loop on the whole pool: its useful count is the loop's last
+    useful = {c["name"]: c["useful"] for c in scored.metrics["classes"]}
+    assert useful == m["useful"]
