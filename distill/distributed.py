@@ -140,7 +140,9 @@ def launch(job: dict, out: Path, processes: int, on_epoch, log) -> None:
     seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0
     errors = out / "distributed.log"
     with open(errors, "w") as err, open(errors) as follow:
-        process = subprocess.Popen(cmd, env=env, stdout=err, stderr=err, start_new_session=True)
+        process = subprocess.Popen(
+            cmd, env=env, stdout=err, stderr=err, preexec_fn=_own_group_ended_with_parent
+        )
         try:
             while True:
                 done = process.poll() is not None
@@ -168,6 +170,18 @@ def launch(job: dict, out: Path, processes: int, on_epoch, log) -> None:
             (message[-1].split("DistillError: ", 1)[-1] if message else "")
             or f"the training processes failed (exit {process.returncode}); see {errors}"
         )
+
+
+def _own_group_ended_with_parent() -> None:
+    """In the launcher's child, before torchrun starts: a process group of its own (so a
+    cancel stops every rank), and SIGTERM when the process that started it dies (a killed
+    worker must not leave ranks writing into a run another worker resumes; torchrun stops its
+    ranks on SIGTERM)."""
+    import ctypes
+
+    os.setsid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """One run over two processes (DDP, gloo on CPU), and ImageNet-size models end to end."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,42 @@ def test_a_torchvision_teacher_at_224_px_distils_into_a_torchvision_student(tmp_
     with torch.no_grad():
         fmap = student.eval().forward_features(torch.zeros(1, 3, 224, 224))
     assert fmap.shape == (1, 512, 7, 7)
+
+
+def test_the_ranks_stop_when_the_process_that_started_them_is_killed(small_world, tmp_path):
+    # A worker killed mid-job must not leave ranks writing into a run another worker resumes.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "from distill.options import DistillOptions; from distill.stage import run_distill; "
+        f"run_distill(DistillOptions(student='resnet8', epochs=500, batch_size=32, processes=2), "
+        f"teacher={str(small_world / 'teacher' / 'teacher.pt')!r}, "
+        f"pool={str(small_world / 'pool')!r}, out={str(tmp_path)!r})"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
+
+    def ranks() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(tmp_path).encode() in cmdline and b"distill.distributed" in cmdline:
+                found.append(int(pid))
+        return found
+
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ranks(), "the ranks should be training"
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 30
+    while ranks() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ranks() == []

@@ -216,9 +216,11 @@ def test_pipeline_command_submits_the_configured_chain(
         store = JobStore(redis_server.client())
         [parent] = [j for j in store.list() if j.kind == "pipeline"]
         children = [store.get(c) for c in parent.children]
-        assert [c.kind for c in children] == ["crawl", "dedup", "distill"]
+        assert [c.kind for c in children] == ["crawl", "dedup", "score", "distill"]
         assert [c["name"] for c in children[0].spec["classes"][:2]] == ["airplane", "automobile"]
-        assert children[2].spec["teacher"].startswith("artifact:teachers/")
+        # score judges the pool with the distill stage's teacher, uploaded once
+        assert children[3].spec["teacher"].startswith("artifact:teachers/")
+        assert children[2].spec["teacher"] == children[3].spec["teacher"]
         time.sleep(0.5)
         assert proc.poll() is None  # still following the pipeline (--wait)
     finally:
