@@ -115,8 +115,8 @@ def from_environment() -> Ranks:
 def rank_device(device: str | None) -> str | None:
     """This rank's device: its own GPU (LOCAL_RANK) where the run uses GPUs."""
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda" or (device is None and torch.cuda.is_available()):
-        return f"cuda:{local}"
+    if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
+        return f"cuda:{local}"  # rank k uses GPU k, whichever GPU the options named
     return device
 
 
