@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=500)
     ap.add_argument("--min-purity", type=float, default=LoopOptions().min_purity)
     ap.add_argument("--follow-pages", action="store_true")
+    ap.add_argument("--probe-images", type=int, default=0, help="LoopOptions.probe_images")
+    ap.add_argument("--useful-per-class", type=int, default=None)
     ap.add_argument("--students", help="comma list of seeds: train students on both pools")
     ap.add_argument("--epochs", type=int, default=10, help="student epochs")
     ap.add_argument("--out", help="pool folder (default: a temporary one)")
@@ -65,7 +67,8 @@ def main() -> None:
     bed = Testbed(d["x"], fine, names, groups=[int(y[fine == s][0]) for s in range(len(names))])
     out = Path(args.out or tempfile.mkdtemp(prefix="kd3-crawl-loop-")) / "pool"
     loop = LoopOptions(rounds=args.rounds, min_purity=args.min_purity,
-                       follow_pages=args.follow_pages)  # fmt: skip
+                       follow_pages=args.follow_pages, probe_images=args.probe_images,
+                       useful_per_class=args.useful_per_class)  # fmt: skip
     with LocalWeb() as web:
         bed.serve(web)
         options = CrawlOptions(sources=["openverse"], per_class=args.per_class,
@@ -83,6 +86,7 @@ def main() -> None:
     table = Pool.open(out).manifest().to_pylist()
     print(
         f"\n{'round':>5} {'new':>6} {'useful':>6} {'prec useful':>11} {'prec all':>8} {'requests':>8}"
+        f" {'probe images':>12} {'probe requests':>14}"
     )
     for r in result.rounds:
         rows = [t for t in table if t.get("crawl_round") == r.round]
@@ -99,6 +103,7 @@ def main() -> None:
         print(
             f"{r.round:>5} {len(rows):>6} {sum(useful):>6} {pu:>11.3f} "
             f"{np.mean(right) if rows else float('nan'):>8.3f} {r.requests:>8}"
+            f" {r.probe_stored:>12} {r.probe_requests:>14}"
         )
     for r in result.rounds[1:]:
         print(f"round {r.round} searched: {r.queries}")

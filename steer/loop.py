@@ -8,7 +8,12 @@ teacher confidently puts in that class (steer.feedback: relevance feedback), and
 to twice the missing count of new images for it. With `follow_pages`, it also crawls (site
 source, one link deep) the pages where the teacher found most images of a thin class, taking
 every image there for the teacher to judge: focused crawling, off by default because the
-benchmark found it lowers precision. Each round is its own crawl (crawl id
+benchmark found it lowers precision. With `probe_images`, after each round a probe crawls that
+many images from the pages linked (two deep) from the pool's pages into a side pool, the
+teacher scores them, and their titles join the pool's for relevance feedback: terms for a thin
+class no pool image carries (the web pool's "goose" for bird), at the price of the teacher's
+confident mistakes (bench/results/crawl_loop.txt); the side pool is then removed, never
+distilled from. Each round is its own crawl (crawl id
 <id>-r<k>, its own stats in POOL/crawls/ and in Redis) run in a child process (a Twisted reactor
 runs once per process), with the same options, so the politeness limits hold in every round.
 
@@ -21,6 +26,7 @@ Redis, the hash kd3:crawl:<id>:loop record each round's terms, requests and yiel
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 
 from common.files import atomic_write
@@ -45,6 +52,8 @@ from steer.score import PoolScore, score_pool
 NEW_PER_MISSING = 2  # a thin class may store this many new images per missing useful one
 SEED_PAGES = 8  # pages per thin class the next round's site crawl starts from
 FOCUS_DEPTH = 1  # links followed from those pages
+PROBE_SEEDS = 10  # pool pages a probe starts from
+PROBE_DEPTH = 2  # links it follows from them
 
 
 @dataclass
@@ -56,6 +65,8 @@ class Round:
     requests: int = 0  # HTTP requests made
     useful: dict[str, int] = field(default_factory=dict)  # per class, after the round
     terms: dict[str, list[dict]] = field(default_factory=dict)  # next terms, with their support
+    probe_stored: int = 0  # images the probe after the round crawled into its side pool
+    probe_requests: int = 0
 
 
 @dataclass
@@ -122,7 +133,19 @@ def crawl_loop(
         stop = _why_stop(k, options.rounds, thin, record)
         if not stop:
             table = Pool.open(job.out).manifest()
-            found = feedback.expand(table, thin, score.teacher_id, options.min_confidence,
+            judged = table
+            if options.probe_images:  # explore beyond the pool for terms it cannot give
+                probe = _probe(job, base, k, table, thin[0], options.probe_images, seen)
+                if probe is not None:
+                    stats = _crawl(probe)
+                    record.probe_stored = int(stats.get("images_stored", 0))
+                    record.probe_requests = int(stats.get("requests", 0))
+                    score_pool(probe.out, teacher, options.score_options(),
+                               teacher_load=teacher_load, log=log)  # fmt: skip
+                    judged = _together(table, Pool.open(probe.out).manifest())
+                    shutil.rmtree(probe.out)  # what it found is in `judged`; it is no pool to keep
+                    log(f"round {k} probe: {record.probe_stored} images judged")
+            found = feedback.expand(judged, thin, score.teacher_id, options.min_confidence,
                                     set().union(*used.values()), options.terms_per_round,
                                     min_purity=options.min_purity)  # fmt: skip
             record.terms = {c: [asdict(t) for t in found[c]] for c in thin if found[c]}
@@ -153,6 +176,41 @@ def _round_job(job: CrawlJob, k: int, crawl_id: str, queries, targets, seeds) ->
         })  # fmt: skip
         update |= {"options": options, "seed_classes": seeds}
     return job.model_copy(update=update)
+
+
+def _probe(job: CrawlJob, base: str, k: int, table, thin: str, images: int,
+           seen: set[str]) -> CrawlJob | None:  # fmt: skip
+    """The crawl of round k's probe: up to `images` images from the pages linked (PROBE_DEPTH
+    deep) from PROBE_SEEDS of the pool's pages not crawled from before, into a side pool
+    (POOL/crawls/<base>/probe-r<k>) that the teacher scores for new terms, then removed: it is
+    never distilled from. Its images are filed under a thin class only to be taken; the teacher's
+    judgement is what counts. None when the pool has no pages to start from."""
+    if "page_url" not in table.column_names:
+        return None
+    pages = sorted({p for p in table["page_url"].to_pylist()
+                    if p and p.startswith(("http://", "https://")) and p not in seen})  # fmt: skip
+    if not pages:
+        return None
+    rng = np.random.default_rng(k)
+    picked = [pages[i] for i in rng.choice(len(pages), min(PROBE_SEEDS, len(pages)), False)]
+    seen |= set(picked)
+    options = job.options.model_copy(update={
+        "sources": ["site"], "seeds": picked, "per_class": images,
+        "settings": {**job.options.settings, "KD3_SITE_DEPTH": PROBE_DEPTH},
+    })  # fmt: skip
+    return job.model_copy(update={
+        "options": options, "out": str(Path(job.out) / "crawls" / base / f"probe-r{k}"),
+        "crawl_id": f"{base}-probe-r{k}", "round": 1, "queries": None, "class_targets": None,
+        "seed_classes": {page: (thin, 0) for page in picked},
+    })  # fmt: skip
+
+
+def _together(*tables):
+    """The columns relevance feedback reads, of several scored manifests, as one table."""
+    import pyarrow as pa
+
+    cols = ["title", "status", "teacher_id", "teacher_class", "teacher_confidence"]
+    return pa.concat_tables([t.select(cols) for t in tables])
 
 
 def _seed_pages(table, thin: list[str], teacher_id: str, min_confidence: float,
@@ -236,6 +294,7 @@ def _record(result: LoopResult, job: CrawlJob, stop: str) -> None:
             f"round:{last.round}:queries": json.dumps(last.queries),
             f"round:{last.round}:stored": last.stored,
             f"round:{last.round}:requests": last.requests,
+            f"round:{last.round}:probe_stored": last.probe_stored,
             **{f"round:{last.round}:useful:{n}": u for n, u in last.useful.items()},
         })  # fmt: skip
 

@@ -58,6 +58,15 @@ class LoopOptions(ScoreOptions):
     terms_per_round: int = Field(
         5, ge=1, le=50, description="new search terms per thin class and round, at most"
     )
+    probe_images: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="explore: after each round, crawl up to N images from the pages linked "
+        "(2 deep) from the pool's pages into a side pool, never distilled from, whose images "
+        "the teacher is sure of give search terms the pool cannot (0: off)",
+        json_schema_extra={"metavar": "N"},
+    )
 
     def score_options(self) -> ScoreOptions:
         return ScoreOptions(**{k: getattr(self, k) for k in ScoreOptions.model_fields})

@@ -291,3 +291,28 @@ def test_a_pipeline_with_a_loop_crawls_again_then_scores(tmp_path, web, teacher)
     # score ran after the loop on the whole pool: its useful count is the loop's last
     useful = {c["name"]: c["useful"] for c in scored.metrics["classes"]}
     assert useful == m["useful"]
+
+
+def test_a_probe_beyond_the_pool_finds_terms_no_pool_image_carries(tmp_path, teacher):
+    # "scarlet" images are red, but no caption says red: no search of round 1 finds them and no
+    # pool title carries "scarlet". The probe walks the galleries linked from the pool's pages
+    # into a side pool, where the teacher is sure of the scarlet images.
+    images, synsets = world_images(seed=5)
+    groups = [label for _, label in SYNSETS]
+    bed = Testbed(images, synsets, [n for n, _ in SYNSETS], groups=groups, seed=0)
+    with LocalWeb() as server:
+        bed.serve(server)
+        result = crawl_loop(job(tmp_path / "pool", bed), teacher,
+                            LoopOptions(rounds=2, useful_per_class=40, probe_images=200),
+                            log=lambda _m: None)  # fmt: skip
+    first, second = result.rounds
+    assert first.probe_stored > 0 and first.probe_requests >= first.probe_stored
+    assert "scarlet" in second.queries["red"]
+    table = Pool.open(tmp_path / "pool").manifest()
+    found = table.filter(pc.equal(table["keyword"], "scarlet")).to_pylist()
+    assert found and all(bed.synsets[bed.image_of(r["url"])] == 1 for r in found)
+    assert second.useful["red"] > first.useful["red"]
+    # the side pool is gone; what it cost is in loop.json
+    assert not list((tmp_path / "pool" / "crawls").glob("*/probe-r*"))
+    saved = json.loads((tmp_path / "pool" / "crawls" / result.crawl_id / "loop.json").read_text())
+    assert saved["rounds"][0]["probe_stored"] == first.probe_stored
