@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=500)
     ap.add_argument("--min-purity", type=float, default=LoopOptions().min_purity)
     ap.add_argument("--follow-pages", action="store_true")
-    ap.add_argument("--probe-images", type=int, default=0, help="LoopOptions.probe_images")
+    ap.add_argument("--probe-images", type=int, default=LoopOptions().probe_images)
     ap.add_argument("--useful-per-class", type=int, default=None)
     ap.add_argument("--students", help="comma list of seeds: train students on both pools")
     ap.add_argument("--epochs", type=int, default=10, help="student epochs")

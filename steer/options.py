@@ -59,12 +59,13 @@ class LoopOptions(ScoreOptions):
         5, ge=1, le=50, description="new search terms per thin class and round, at most"
     )
     probe_images: int = Field(
-        0,
+        2000,
         ge=0,
         le=1_000_000,
         description="explore: after each round, crawl up to N images from the pages linked "
         "(2 deep) from the pool's pages into a side pool, never distilled from, whose images "
-        "the teacher is sure of give search terms the pool cannot (0: off)",
+        "the teacher is sure of give search terms the pool cannot (0: off; "
+        "bench/results/crawl_loop.txt)",
         json_schema_extra={"metavar": "N"},
     )
 

@@ -171,7 +171,7 @@ def test_the_loop_finds_more_for_thin_classes_with_terms_from_confident_images(
 ):
     with RedisServer() as redis:
         result = crawl_loop(job(tmp_path / "pool", web, redis.url), teacher,
-                            LoopOptions(rounds=3, useful_per_class=40), log=lambda _m: None)  # fmt: skip
+                            LoopOptions(rounds=3, useful_per_class=40, probe_images=0), log=lambda _m: None)  # fmt: skip
         loop = redis.client().hgetall(f"kd3:crawl:{result.crawl_id}:loop")
         round_two = redis.client().hgetall(f"kd3:crawl:{result.crawl_id}-r2:stats")
     first, second = result.rounds[0], result.rounds[1]
@@ -206,7 +206,7 @@ def test_a_round_that_finds_nothing_new_ends_the_loop_cleanly(tmp_path, teacher)
     with LocalWeb() as server:
         bed.serve(server)
         result = crawl_loop(job(tmp_path / "pool", bed, per_class=40), teacher,
-                            LoopOptions(rounds=4), log=lambda _m: None)  # fmt: skip
+                            LoopOptions(rounds=4, probe_images=0), log=lambda _m: None)  # fmt: skip
     assert len(result.rounds) == 2
     assert result.rounds[1].queries == {"red": ["ruby"]}
     assert result.rounds[1].stored == 0
@@ -245,7 +245,7 @@ def test_following_pages_takes_the_images_of_pages_where_the_teacher_found_a_thi
     with LocalWeb() as server:
         bed.serve(server)
         result = crawl_loop(job(tmp_path / "pool", bed), teacher,
-                            LoopOptions(rounds=2, useful_per_class=40, follow_pages=True),
+                            LoopOptions(rounds=2, useful_per_class=40, follow_pages=True, probe_images=0),
                             log=lambda _m: None)  # fmt: skip
         galleries = server.hits(bed.gallery_path(1))  # scarlet: no caption says "red"
     table = Pool.open(tmp_path / "pool").manifest()
