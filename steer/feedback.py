@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from crawler.keywords import normalise
+from steer.options import MIN_PURITY
 
 MAX_WORDS = 3
 MIN_SUPPORT = 2
-MIN_PURITY = 0.8  # steer.options.LoopOptions.min_purity; not tuned yet (see issue 15's note)
 STOP_WORDS = frozenset(
     [
         "a",
