@@ -91,11 +91,17 @@ class DiskImages:
         return torch.from_numpy(self.read(index))
 
     def take(self, index) -> DiskImages:
-        """The images at `index` (indices or a boolean mask), still on disk."""
+        """The images at `index` (indices or a boolean mask), still on disk. It reads the file
+        this one opened, even if that was since replaced or removed (another job on the same
+        pool rebuilding its cache)."""
         index = torch.as_tensor(index)
         if index.dtype == torch.bool:
             index = index.nonzero().flatten()
-        return DiskImages(self.path, self.rows[index.cpu().numpy()])
+        part = object.__new__(DiskImages)  # not copy.copy: that would reopen by path
+        part.__dict__.update(self.__dict__)
+        part.rows = self.rows[index.cpu().numpy()]
+        part._fd = os.dup(self._fd)
+        return part
 
     def split(self, size: int) -> Iterator[torch.Tensor]:
         """Consecutive batches of `size` images, read ahead in the background."""

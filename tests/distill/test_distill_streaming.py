@@ -38,6 +38,9 @@ def test_disk_images_read_any_rows_as_a_tensor_would(tmp_path):
     assert torch.equal(pickle.loads(pickle.dumps(odd))[:], memory[1::2])
     with pytest.raises(IndexError):
         disk[torch.tensor([300])]
+    # another job rebuilding the pool's cache removes this file: what is open still reads
+    (tmp_path / "x.npy").unlink()
+    assert torch.equal(disk.take(torch.tensor([7, 3]))[:], memory[[7, 3]])
 
 
 def test_disk_images_refuse_what_is_no_image_cache(tmp_path):
