@@ -116,10 +116,7 @@ def _run_ranks(options, job: dict, out: Path, on_event: OnEvent | None, log) -> 
 
     gpus = torch.cuda.device_count()
     if pick_device(options.device).type == "cuda" and gpus < options.processes:
-        raise DistillError(
-            f"{options.processes} processes need as many GPUs; this host has "
-            f"{torch.cuda.device_count()}"
-        )
+        raise DistillError(f"{options.processes} processes need as many GPUs; this host has {gpus}")
 
     def on_epoch(metrics: dict) -> bool:
         return bool(on_event and on_event({"event": "epoch", "metrics": metrics}))

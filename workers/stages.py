@@ -92,7 +92,7 @@ def run_distill(spec: dict, ctx: JobContext) -> StageResult:
             pool=resolve(ctx, spec["pool"]),
             eval_set=resolve(ctx, spec["eval"]) if spec.get("eval") else None,
             out=out,
-            teacher_load={"arch": spec["teacher_arch"]} if spec.get("teacher_arch") else None,
+            teacher_load=_teacher_load(spec),
             resume=saved_run(out),  # a requeued job continues from its last epoch
             on_event=on_event,
             log=lambda message: ctx.progress({"stage": "distill", "note": message}, force=True),
@@ -220,16 +220,28 @@ def _safe(read, default):
         return default
 
 
+def _pool_stage(kind: str, spec: dict, ctx: JobContext):
+    """The start of a stage that rewrites a pool of the store (dedup, score): the pool's key
+    (artifact:pools/NAME only), the stage's options, and the pool's local folder."""
+    pool = pool_key(parse_ref(spec["pool"], "pool"))
+    options = spec_options(kind, spec)
+    _limit_threads()
+    pool_dir = ctx.artifacts.work_dir(pool)
+    ctx.progress({"stage": kind, "pool": pool}, force=True)
+    return pool, options, pool_dir
+
+
+def _teacher_load(spec: dict) -> dict | None:
+    """load_model's keywords for the spec's teacher: its architecture, for a bare state_dict."""
+    return {"arch": spec["teacher_arch"]} if spec.get("teacher_arch") else None
+
+
 def run_dedup(spec: dict, ctx: JobContext) -> StageResult:
     """Mark duplicates and evaluation overlaps in the pool's manifest (in the store)."""
     from dedup.stage import run_dedup as dedup_stage
     from distill.features import load_feature_extractor
 
-    pool = pool_key(parse_ref(spec["pool"], "pool"))  # dedup rewrites it: artifact:pools/NAME
-    options = spec_options("dedup", spec)
-    _limit_threads()
-    pool_dir = ctx.artifacts.work_dir(pool)
-    ctx.progress({"stage": "dedup", "pool": pool}, force=True)
+    pool, options, pool_dir = _pool_stage("dedup", spec, ctx)
     report = dedup_stage(
         pool_dir,
         options,
@@ -251,16 +263,12 @@ def run_score(spec: dict, ctx: JobContext) -> StageResult:
     from steer.report import write_report
     from steer.score import score_pool
 
-    pool = pool_key(parse_ref(spec["pool"], "pool"))  # score rewrites it: artifact:pools/NAME
-    options = spec_options("score", spec)
-    _limit_threads()
-    pool_dir = ctx.artifacts.work_dir(pool)
-    ctx.progress({"stage": "score", "pool": pool}, force=True)
+    pool, options, pool_dir = _pool_stage("score", spec, ctx)
     result = score_pool(
         pool_dir,
         resolve(ctx, spec["teacher"]),
         options,
-        teacher_load={"arch": spec["teacher_arch"]} if spec.get("teacher_arch") else None,
+        teacher_load=_teacher_load(spec),
         log=lambda message: ctx.progress({"stage": "score", "note": message}, force=True),
     )
     write_report(result)
