@@ -89,7 +89,7 @@ def build_pool(
 
 
 TARGET = 0.95  # recall, every family alone and in pairs
-MARGINS = (0.0, 0.01, 0.02)  # extra score asked of a cropped or turned window (tuning table)
+COHORT_WEIGHTS = (0.0, 0.1, 0.2, 0.3)  # threshold change per unit of cohort alignment (tuning)
 FP_TARGET = 0.001
 
 
@@ -134,6 +134,9 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true", help="no CIFAR train vs test run")
     parser.add_argument("--only-train", action="store_true", help="only the train vs test run")
     parser.add_argument("--out", help="write PNGs of found train/test pairs to this folder")
+    parser.add_argument(
+        "--candidates", help="also save every verified candidate pair to this .npz (for tuning)"
+    )
     args = parser.parse_args()
     import torch
 
@@ -172,11 +175,28 @@ def main() -> None:
         f">= {s['copy_floor']}), hash radius <= {s['candidate_radius']} or similarity >= "
         f"{s['candidate_sim']}; accepted when alignment >= {s['verify_sim']} "
         f"(>= {s['verify_sim_with_hash']} with hash <= {s['radius']}), "
-        f"{s['verify_margin_moved']} more for a cropped or turned window"
+        f"{s['verify_margin_moved']} more for a cropped or turned window, "
+        f"{s['verify_cohort']['weight']} x (best alignment with {s['verify_cohort']['items']} "
+        f"other items - {s['verify_cohort']['start']}) more where positive"
     )
     print(f"pool of {len(rows)} images built in {built:.0f} s; dedup in {elapsed:.0f} s")
     print(f"verified candidate pairs: {len(result.candidates.row)}\n")
     summary = recall_table(rows, truth)
+    if args.candidates:
+        c = result.candidates
+        np.savez(
+            args.candidates,
+            row=c.row,
+            item=c.item,
+            hamming=c.hamming,
+            alignment=c.alignment,
+            view=c.view,
+            window=c.window,
+            cohort=c.cohort,
+            source=sources(urls, truth),
+            kind=np.array([truth[u][0] for u in urls]),
+            tune=np.array([split_of(u) == "tune" for u in urls]),
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"seed": args.seed, **summary}, indent=1) + "\n")
     web_dups = sum(r["status"] == "duplicate" for r in rows if truth[r["url"]][0] == "untouched")
@@ -339,12 +359,19 @@ def tuning_table(cand, urls, truth, radius, sim_hash) -> None:
     paired = ["+".join(p) for p in web_edits.pairs()]
     print(f"\nverification thresholds (hash-assisted threshold {sim_hash})")
     print(
-        f"{'verify_sim':>10} {'moved+':>6} {'split':>6} {'FP':>8} {'min alone':>10} "
+        f"{'verify_sim':>10} {'cohort':>6} {'split':>6} {'FP':>8} {'min alone':>10} "
         f"{'family':>13} {'min in pairs':>12} family"
     )
-    for vs, margin in itertools.product((0.9, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97), MARGINS):
+    for vs, weight in itertools.product((0.93, 0.94, 0.95, 0.96, 0.97), COHORT_WEIGHTS):
         ok = accepts(
-            cand.alignment, cand.hamming, cand.window, radius, vs, min(vs, sim_hash), margin
+            cand.alignment,
+            cand.hamming,
+            cand.window,
+            cand.cohort,
+            radius,
+            vs,
+            min(vs, sim_hash),
+            cohort_weight=weight,
         )
         for split in ("tune", "report"):
             mine = np.array([split_of(u) == split for u in urls])
@@ -364,7 +391,7 @@ def tuning_table(cand, urls, truth, radius, sim_hash) -> None:
             }
             wp = min(in_pairs, key=in_pairs.get)
             print(
-                f"{vs:>10} {margin:>6} {split:>6} {len(clean) / n_clean:>8.5f} {rec[worst]:>10.3f} "
+                f"{vs:>10} {weight:>6} {split:>6} {len(clean) / n_clean:>8.5f} {rec[worst]:>10.3f} "
                 f"{worst:>13} {in_pairs[wp]:>12.3f} {wp}"
             )
 
@@ -375,7 +402,9 @@ def miss_table(cand, urls, truth, radius, verify_sim, sim_hash) -> None:
     another item was matched instead."""
     from dedup.decontaminate import accepts
 
-    ok = accepts(cand.alignment, cand.hamming, cand.window, radius, verify_sim, sim_hash)
+    ok = accepts(
+        cand.alignment, cand.hamming, cand.window, cand.cohort, radius, verify_sim, sim_hash
+    )
     source = sources(urls, truth)
     own = source[cand.row] == cand.item
     best_own = np.full(len(urls), -np.inf)

@@ -59,6 +59,20 @@ def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndar
     return _top_per_group(row[keep], item[keep], sim[keep], TOP_ITEMS)
 
 
+def nearest_items(index, desc: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query, item) pairs: the `count` distinct evaluation items nearest each copy descriptor
+    in `desc` (by their nearest variant), best first."""
+    out = [
+        _first_items(found.query, found.db // index.per_item, count)
+        for found in embeddings.similar_chunks(
+            index.copy, desc, -1.0, k=NEIGHBOURS, nprobe=NPROBE, desc="cohort copies"
+        )
+    ]
+    if not out:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return tuple(np.concatenate(a) for a in zip(*out, strict=True))
+
+
 def _top_per_group(group, item, sim, top):
     """The `top` most similar distinct items of each group (best similarity per item)."""
     order = np.lexsort((-sim, group))

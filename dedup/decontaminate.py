@@ -14,6 +14,14 @@ Verification (dedup/verify.py): a candidate pair is a match when a view of the p
 up with a window of the evaluation image (cropped, turned, mirrored), with an alignment score
 >= `verify_sim`, or >= `verify_sim_hash` when the hash is also within `radius` (two independent
 pieces of evidence). Same bytes or same pixels always match.
+
+The threshold rises for a pool image that lines up well with other items (its cohort: the
+COHORT items nearest its view by copy descriptor, its own candidate left out): a plain or
+blurry image lines up fairly well with many items, so lining up with one more is weak proof of
+a copy, while a detailed image lines up with none but its source. The rise is COHORT_WEIGHT x
+(the cohort's best alignment - COHORT_START), when positive: score normalisation against
+impostors, as speaker verification and SSCD do. Only pairs in the grey zone, whose decision the
+cohort can change, are aligned with their cohort.
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ CANDIDATE_SIM = 0.85
 VERIFY_SIM_HASH = 0.93
 MOVED_MARGIN = 0.01  # extra alignment asked of a cropped or turned window (accepts)
 PAIR_CHUNK = 50_000
+COHORT = 8  # other items each grey-zone pool view is aligned with
+COHORT_WEIGHT = 0.3  # threshold rise per unit of the cohort's best alignment ...
+COHORT_START = 0.8  # ... above this one
 
 
 def variants(img: Image.Image, crops: bool = True) -> list[Image.Image]:
@@ -121,6 +132,12 @@ class Overlap:
     alignment: float | None  # verification score (dedup/verify.py)
     view: int | None = None  # the pool image's best view (0 whole, 1 inside a frame, ...)
     window: int | None = None  # the best window (dedup/verify.py window_shape)
+    cohort: float | None = None  # best alignment with another item (None: not needed)
+
+    @property
+    def cohort_note(self) -> str:
+        """Where the cohort was needed, ", best other item 0.7100"; else empty."""
+        return "" if self.cohort is None else f", best other item {self.cohort:.4f}"
 
     @property
     def how(self) -> str:
@@ -139,6 +156,7 @@ class Candidates:
     alignment: np.ndarray
     view: np.ndarray  # the best view of the pool image (0 whole, 1 inside a frame, ...)
     window: np.ndarray  # the best window (dedup/verify.py describe)
+    cohort: np.ndarray  # best alignment with a cohort item, NaN outside the grey zone
 
 
 def find_overlaps(
@@ -163,8 +181,11 @@ def find_overlaps(
     position in `rows`."""
     rows, items = _candidate_pairs(index, codes, features, copy, candidate_sim, method, progress)
     ham, sim = _pair_scores(index, codes, features, rows, items)
-    align, view, window = _best_view_alignment(index, rows, items, load_views, progress)
-    accept = accepts(align, ham, window, radius, verify_sim, verify_sim_hash)
+    grey = _grey_zone(min(verify_sim, verify_sim_hash), verify_sim)
+    align, view, window, cohort = _best_view_alignment(
+        index, rows, items, load_views, grey, progress
+    )
+    accept = accepts(align, ham, window, cohort, radius, verify_sim, verify_sim_hash)
     out: dict[int, Overlap] = {}
     order = np.argsort(-align, kind="stable")
     for k in order[accept[order]]:
@@ -179,6 +200,7 @@ def find_overlaps(
                 float(align[k]),
                 int(view[k]),
                 int(window[k]),
+                None if np.isnan(cohort[k]) else float(cohort[k]),
             )
     for row, (pixels, data) in enumerate(zip(pixel_sha, byte_sha, strict=True)):
         item, reason = index.byte_sha.get(data), "exact-bytes"
@@ -187,23 +209,35 @@ def find_overlaps(
         if item is not None:
             h, s = _pair_scores(index, codes, features, np.array([row]), np.array([item]))
             out[row] = Overlap(item, reason, int(h[0]), None if s is None else float(s[0]), None)
-    return out, Candidates(rows, items, ham, sim, align, view, window)
+    return out, Candidates(rows, items, ham, sim, align, view, window, cohort)
 
 
 def accepts(
     align: np.ndarray,
     ham: np.ndarray,
     window: np.ndarray,
+    cohort: np.ndarray,
     radius: int,
     verify_sim: float,
     verify_sim_hash: float,
     moved_margin: float = MOVED_MARGIN,
+    cohort_weight: float = COHORT_WEIGHT,
 ) -> np.ndarray:
     """Which verified pairs match: alignment >= verify_sim, or >= verify_sim_hash with the
     hash within `radius`; `moved_margin` more when the best window is cropped or turned (one
-    of many windows tried, so an unrelated image reaches a high score there more easily)."""
-    need = moved_margin * _moved(window)
+    of many windows tried, so an unrelated image reaches a high score there more easily), and
+    `cohort_weight` x (cohort - COHORT_START) more where that is positive (cohort NaN: the
+    pair has none, no rise)."""
+    rise = np.nan_to_num(cohort_weight * np.maximum(cohort - COHORT_START, 0), nan=0.0)
+    need = moved_margin * _moved(window) + rise
     return (align >= verify_sim + need) | ((ham <= radius) & (align >= verify_sim_hash + need))
+
+
+def _grey_zone(lowest: float, verify_sim: float) -> tuple[float, float]:
+    """The alignments whose decision a cohort can change: from the lowest threshold to
+    verify_sim raised as far as the best possible cohort (1.0) raises it, plus the moved
+    margin."""
+    return lowest, verify_sim + MOVED_MARGIN + COHORT_WEIGHT * (1 - COHORT_START)
 
 
 def _moved(window: np.ndarray) -> np.ndarray:
@@ -212,9 +246,10 @@ def _moved(window: np.ndarray) -> np.ndarray:
     return (crop > 0) | (angle != 0)
 
 
-def _best_view_alignment(index, rows, items, load_views, progress):
-    """Alignment of each (pool row, item) pair, the best over the row's views, and what the
-    best view and window say about the copy (dedup/verify.py describe)."""
+def _best_view_alignment(index, rows, items, load_views, grey, progress):
+    """Alignment of each (pool row, item) pair, the best over the row's views, what the
+    best view and window say about the copy (dedup/verify.py describe), and, for pairs whose
+    alignment lies in the `grey` (low, high) zone, the best view's cohort alignment."""
     need = np.unique(rows)
     thumbs, owner = load_views(need)
     # every view of each candidate row against each of the row's items
@@ -235,7 +270,25 @@ def _best_view_alignment(index, rows, items, load_views, progress):
     order = np.lexsort((score, pair))
     last = np.append(pair[order][1:] != pair[order][:-1], True)  # each pair's best view
     top = order[last]
-    return score[top], rank[top], window[top]
+    align = score[top]
+    cohort = np.full(len(rows), np.nan, np.float32)
+    zone = np.nonzero((align >= grey[0]) & (align < grey[1]))[0]
+    if len(zone):
+        best_thumbs = thumbs[first[local[zone]] + rank[top[zone]]]
+        cohort[zone] = _cohort_alignment(index, best_thumbs, items[zone], progress)
+    return align, rank[top], window[top], cohort
+
+
+def _cohort_alignment(index, thumbs: np.ndarray, items: np.ndarray, progress=False):
+    """For each pool view thumbnail, its best alignment with the COHORT evaluation items
+    nearest it by copy descriptor, its own candidate item left out."""
+    group, cohort = copy_search.nearest_items(index, views.copy_descriptor(thumbs), COHORT + 1)
+    other = cohort != items[group]
+    group, cohort = group[other], cohort[other]
+    score = verify.alignment(thumbs, index.thumbs, group, cohort, progress, "verify cohorts")
+    out = np.full(len(thumbs), -1.0, np.float32)
+    np.maximum.at(out, group, score)
+    return out
 
 
 EDIT_KINDS = ("exact", "framed", "turned", "cropped", "mirrored", "retouched")

@@ -36,12 +36,13 @@ class DedupOptions(BaseModel, extra="forbid"):
         json_schema_extra={"flag": "--sim", "metavar": "S"},
     )
     verify_sim: float = Field(
-        0.95,
+        0.93,
         ge=-1,
         le=1,
         description="alignment score (inclusive) that an evaluation-overlap candidate or a "
         "feature-linked duplicate pair needs (dedup/verify.py: crops, small turns, mirrors, "
-        "overlays); -1 accepts every candidate",
+        "overlays); an overlap candidate whose image also lines up well with other evaluation "
+        "images needs more (dedup/decontaminate.py); -1 accepts every candidate",
         json_schema_extra={"metavar": "V"},
     )
     network: Network = Field(

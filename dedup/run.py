@@ -36,7 +36,7 @@ from pool.store import Pool
 
 BATCH = 2048
 CENTRE_MIN_IMAGES = 64  # smaller pools: features are compared uncentred
-COPY_KEY = "copy-views-v3"  # cache of dedup/views.py view_descriptors
+COPY_KEY = "copy-views-v4"  # cache of dedup/views.py view_descriptors
 COPY_DIM = views.VIEWS * views.COPY_GRID**2
 
 
@@ -103,6 +103,11 @@ def dedup_pool(
         "verify_sim": verify_sim,
         "verify_sim_with_hash": min(verify_sim, decontaminate.VERIFY_SIM_HASH),
         "verify_margin_moved": decontaminate.MOVED_MARGIN,
+        "verify_cohort": {
+            "items": decontaminate.COHORT,
+            "weight": decontaminate.COHORT_WEIGHT,
+            "start": decontaminate.COHORT_START,
+        },
         "embedding_duplicates_verified": extractor is not None,
     }
 
@@ -188,7 +193,7 @@ def dedup_pool(
             "eval_similarity": ov.similarity,
             "status_reason": ov.reason
             if ov.alignment is None
-            else f"{ov.reason} {ov.alignment:.4f} ({ov.how})",
+            else f"{ov.reason} {ov.alignment:.4f}{ov.cohort_note} ({ov.how})",
         }
         result.overlaps[shas[row]] = evalset.ids[ov.eval_item]
         result.overlap_kinds[shas[row]] = decontaminate.edit_kind(ov)

@@ -38,6 +38,7 @@ EDGE_BAND = 0.05  # share of the extent's side that is its edge band
 EXTENT_MARGIN = 3  # a pixel is unlike the frame beyond the frame's own noise plus this
 EDGE_PARTS = 8  # ... cut along into this many parts
 EDGE_SPREAD = 0.6  # ... of which this share holds some of the picture, on all four sides
+PLAIN_NOISE = 6  # a page cut into blocks has a plain frame: its noise is at most this
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,10 @@ def find_picture(img: Image.Image) -> Picture | None:
             cx, cy, bw, bh = _without_blur_ramp(np.abs(arr - frame).max(2), cx, cy, bw, bh)
     elif (extent := _extent_box(arr, frame, _frame_noise(ring, frame))) is not None:
         cx, cy, bw, bh, angle = extent
+    elif (noise := _frame_noise(ring, frame)) <= PLAIN_NOISE and (
+        block := _layout_box(arr, backgrounds[-1], noise)
+    ) is not None:
+        cx, cy, bw, bh, angle = block
     else:
         return None
     if bw * bh < MIN_AREA * h * w or (bw >= FULL * w and bh >= FULL * h):
@@ -142,6 +147,51 @@ def _extent_box(arr: np.ndarray, frame: np.ndarray, noise: float):
     if min(_spread(edge) for edge in along) < EDGE_SPREAD:
         return None
     return (left + right) / 2, (top + bottom) / 2, float(bw), float(bh), 0.0
+
+
+def _layout_box(arr: np.ndarray, colours: list[np.ndarray], noise: float):
+    """(centre x, centre y, width, height, 0) of the largest block of a page laid out in
+    blocks (a title, the picture, caption lines) separated by rows or columns of plain
+    background, found by cutting at those gaps (XY-cut), or None when the page holds a single
+    block that does not reach its box's edges all along them (an object on a plain ground)."""
+    from scipy import ndimage
+
+    unlike = np.ones(arr.shape[:2], bool)
+    for colour in colours:
+        unlike &= np.abs(arr - colour).max(2) > noise + EXTENT_MARGIN
+    unlike = ndimage.binary_opening(unlike, np.ones((3, 3), bool))
+    top, bottom, left, right = 0, unlike.shape[0], 0, unlike.shape[1]
+    blocks = 1
+    for _ in range(4):  # rows, columns, rows, columns: each cut may open gaps for the next
+        before = (top, bottom, left, right)
+        runs = _runs(unlike[top:bottom, left:right].mean(1) >= EXTENT)
+        if not runs:
+            return None
+        blocks = max(blocks, len(runs))
+        a, b = max(runs, key=lambda r: unlike[top + r[0] : top + r[1], left:right].sum())
+        top, bottom = top + a, top + b
+        runs = _runs(unlike[top:bottom, left:right].mean(0) >= EXTENT)
+        if not runs:
+            return None
+        blocks = max(blocks, len(runs))
+        a, b = max(runs, key=lambda r: unlike[top:bottom, left + r[0] : left + r[1]].sum())
+        left, right = left + a, left + b
+        if (top, bottom, left, right) == before:
+            break
+    box = unlike[top:bottom, left:right]
+    bh, bw = box.shape
+    if blocks == 1:
+        dy, dx = max(1, round(EDGE_BAND * bh)), max(1, round(EDGE_BAND * bw))
+        along = (box[:dy].any(0), box[-dy:].any(0), box[:, :dx].any(1), box[:, -dx:].any(1))
+        if min(_spread(edge) for edge in along) < EDGE_SPREAD:
+            return None
+    return (left + right) / 2, (top + bottom) / 2, float(bw), float(bh), 0.0
+
+
+def _runs(occupied: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True values."""
+    edges = np.diff(np.concatenate([[0], occupied.astype(np.int8), [0]]))
+    return list(zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0], strict=True))
 
 
 def _spread(edge: np.ndarray) -> float:

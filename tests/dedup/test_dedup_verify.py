@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageOps
 
 from dedup import verify
+from dedup.decontaminate import accepts
 from dedup.embeddings import TorchExtractor, centred, normalize
 from dedup.options import DedupOptions as Opts
 from dedup.run import CENTRE_MIN_IMAGES, dedup_pool
@@ -208,3 +209,37 @@ def test_alignment_is_the_same_whatever_the_chunk_of_pool_rows(monkeypatch):
     np.testing.assert_allclose(chunked, whole, atol=1e-6)
     assert (chunked_window == window).all()
     assert (np.diag(whole.reshape(5, 5)) >= 0.95).all()  # blurred copies too (softened)
+
+
+def plain(seed: int) -> Image.Image:
+    """A bland grey image: a 3x3 field of grey levels smoothly upscaled, much like many others."""
+    rng = np.random.default_rng(seed)
+    cells = Image.fromarray(rng.integers(0, 256, (3, 3), dtype=np.uint8)).convert("RGB")
+    return cells.resize((32, 32), Image.Resampling.BICUBIC)
+
+
+def test_a_bland_image_needs_more_alignment_than_a_detailed_copy(tmp_path):
+    """Bland images line up fairly well with many evaluation images: the cohort raises their
+    threshold, so fewer of them are flagged, while real copies (detailed pictures, upscaled
+    and re-encoded) still are."""
+    originals = [textured(1000 + s) for s in range(12)]
+    np.savez(tmp_path / "eval.npz", x=thumbs([plain(s) for s in range(300)] + originals))
+    pool = Pool.create(tmp_path / "pool")
+    copies = [
+        encode(o.resize((64, 64), Image.Resampling.BICUBIC), "JPEG", quality=30) for o in originals
+    ]
+    bland = [encode(plain(5000 + s)) for s in range(60)]
+    added = pool.add(
+        [NewImage(data, url=f"http://x/{k}") for k, data in enumerate(bland + copies)]
+    ).added
+    result = dedup_pool(pool.root, Opts(embeddings=False), eval_set=tmp_path / "eval.npz")
+    cand = result.candidates
+    args = (cand.alignment, cand.hamming, cand.window, cand.cohort, 4, 0.93, 0.93)
+    is_bland = cand.row < len(bland)
+    without_cohort = np.unique(cand.row[accepts(*args, cohort_weight=0) & is_bland])
+    rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
+    flagged = [rows[s]["status"] == "test_overlap" for s in added]
+    assert sum(flagged[: len(bland)]) < len(without_cohort) / 2, (flagged, without_cohort)
+    assert all(flagged[len(bland) :])
+    reasons = [rows[s]["status_reason"] or "" for s in added]
+    assert any("best other item" in r for r in reasons), "no decision recorded its cohort"

@@ -82,6 +82,25 @@ def test_find_picture_finds_the_picture_inside_a_plain_frame(make, inside):
     assert near(picture.box, inside), picture
 
 
+def test_a_screenshot_whose_picture_shares_the_page_colour_is_cut_at_the_page_gaps():
+    """The picture's own white areas touch its edges, so it is no solid region unlike the page,
+    and the caption lines widen its extent: the page's blocks (title, picture, captions) are
+    cut apart at the plain rows and columns between them instead."""
+    picture = textured(5).resize((88, 88), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle((0, 20, 25, 60), fill="white")
+    draw.rectangle((50, 0, 87, 15), fill="white")
+    page = Image.new("RGB", (160, 160), "white")
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((0, 0, 160, 12), fill=(40, 60, 160))
+    draw.text((4, 1), "gallery", fill="white")
+    page.paste(picture, (30, 24))
+    for k in range(3):
+        draw.text((6, 118 + 10 * k), "caption text here", fill=(20, 20, 20))
+    found = views.find_picture(page)
+    assert found is not None and near(found.box, (30, 24, 118, 112)), found
+
+
 def test_a_blurred_screenshot_gives_the_picture_without_its_fade():
     page = screenshot(textured(5)).filter(ImageFilter.GaussianBlur(3))  # picture at 30..118
     picture = views.find_picture(page)
