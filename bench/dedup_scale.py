@@ -114,8 +114,15 @@ def main() -> None:
     parser.add_argument("--skip-decontamination", action="store_true")
     parser.add_argument(
         "--decontamination-parts",
-        default="copy,hash,features,verify,pairs",
+        default="copy,hash,features,verify,cohort,pairs",
         help="which steps to time",
+    )
+    parser.add_argument(
+        "--grey-per-image",
+        type=float,
+        default=0.0056,
+        help="overlap candidates per pool image in the cohort's grey zone (bench/dedup_quality.py "
+        "--candidates: 0.0056 per untouched web image)",
     )
     parser.add_argument(
         "--pairs-per-image",
@@ -140,6 +147,7 @@ def main() -> None:
         decontamination(
             rng,
             pairs_per_image=args.pairs_per_image,
+            grey_per_image=args.grey_per_image,
             parts=tuple(args.decontamination_parts.split(",")),
         )
 
@@ -162,8 +170,9 @@ def decontamination(
     n_pool: int = 10**6,
     n_eval: int = 10**4,
     pairs_per_image: float = 1.0,
+    grey_per_image: float = 0.0056,
     sample: int = 20_000,
-    parts: tuple[str, ...] = ("copy", "hash", "features", "verify", "pairs"),
+    parts: tuple[str, ...] = ("copy", "hash", "features", "verify", "cohort", "pairs"),
 ) -> None:
     """The candidate searches and the verification of 10^6 pool images against 10^4 items.
 
@@ -182,6 +191,8 @@ def decontamination(
         feature_candidates(rng, n_pool, n_eval * per_item, sample)
     if "verify" in parts:
         verification(rng, n_pool, n_eval, pairs_per_image)
+    if "cohort" in parts:
+        cohort_verification(rng, n_pool, n_eval, per_item, grey_per_image)
     if "pairs" in parts:
         duplicate_verification(rng, n_pool // 20)
     print(f"* exhaustive baseline, timed on {sample:,} pool images and extrapolated")
@@ -209,6 +220,32 @@ def copy_candidates(rng, n_pool: int, n_eval: int, per_item: int, framed: float 
         f"{copy_search.WIDE_ITEMS} items per view looked at window by window, top "
         f"{copy_search.TOP_ITEMS} kept, of {n_eval * per_item:,} variants): "
         f"{time.perf_counter() - start:6.1f} s, {len(rows) / n_pool:.2f} candidates per image",
+        flush=True,
+    )
+
+
+def cohort_verification(rng, n_pool: int, n_eval: int, per_item: int, grey: float) -> None:
+    """The grey-zone candidates' cohort (dedup/decontaminate.py): each pool view's nearest
+    items by copy descriptor, then its alignment with COHORT of them."""
+    from dedup import decontaminate, embeddings, verify
+    from dedup.decontaminate import EvalIndex
+
+    n_pairs = max(1, int(grey * n_pool))
+    dim = views.COPY_GRID**2
+    variants = embeddings.normalize(rng.standard_normal((n_eval * per_item, dim), np.float32))
+    eval_thumbs = rng.integers(0, 256, (n_eval, verify.SIZE, verify.SIZE, 3), dtype=np.uint8)
+    index = EvalIndex(
+        None, {}, {}, np.zeros((0, 8), np.uint8), variants, None, per_item, eval_thumbs
+    )
+    thumbs = rng.integers(0, 256, (n_pairs, verify.SIZE, verify.SIZE, 3), dtype=np.uint8)
+    items = rng.integers(0, n_eval, n_pairs)
+    start = time.perf_counter()
+    decontaminate._cohort_alignment(index, thumbs, items)
+    took = time.perf_counter() - start
+    print(
+        f"cohort of {n_pairs:,} grey-zone candidates ({grey} per pool image, "
+        f"{decontaminate.COHORT} items each): {took:.1f} s ({took / n_pairs * 1e3:.2f} ms per "
+        f"candidate)",
         flush=True,
     )
 
