@@ -489,9 +489,9 @@ def overlap_sheets(overlaps: list[dict], n: int = 24) -> dict[str, list]:
     """(train index, test index, caption) of a random sample of the matches and of the
     matches with the lowest alignment."""
 
-    def alignment(r) -> float:  # status_reason "aligned 0.9612 (crop 6%)", or an exact match
+    def alignment(r) -> float:  # "aligned 0.9612[, best other item 0.7]" (...), or exact
         words = r["status_reason"].split()
-        return float(words[1]) if words[0] == "aligned" else 1.0
+        return float(words[1].rstrip(",")) if words[0] == "aligned" else 1.0
 
     def entry(r):
         i, j = int(r["url"].split("#")[1]), int(r["eval_match"].split("#")[1])

@@ -21,7 +21,9 @@ blurry image lines up fairly well with many items, so lining up with one more is
 a copy, while a detailed image lines up with none but its source. The rise is COHORT_WEIGHT x
 (the cohort's best alignment - COHORT_START), when positive: score normalisation against
 impostors, as speaker verification and SSCD do. Only pairs in the grey zone, whose decision the
-cohort can change, are aligned with their cohort.
+cohort can change, are aligned with their cohort. A cohort item that lines up with the
+candidate item itself at verify_sim is left out: it is the same picture (CIFAR-10 holds series
+of one photo shoot), and a copy of one lines up with all of them.
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ def find_overlaps(
     ham, sim = _pair_scores(index, codes, features, rows, items)
     grey = _grey_zone(min(verify_sim, verify_sim_hash), verify_sim)
     align, view, window, cohort = _best_view_alignment(
-        index, rows, items, load_views, grey, progress
+        index, rows, items, load_views, grey, verify_sim, progress
     )
     accept = accepts(align, ham, window, cohort, radius, verify_sim, verify_sim_hash)
     out: dict[int, Overlap] = {}
@@ -246,10 +248,11 @@ def _moved(window: np.ndarray) -> np.ndarray:
     return (crop > 0) | (angle != 0)
 
 
-def _best_view_alignment(index, rows, items, load_views, grey, progress):
+def _best_view_alignment(index, rows, items, load_views, grey, same_picture, progress):
     """Alignment of each (pool row, item) pair, the best over the row's views, what the
     best view and window say about the copy (dedup/verify.py describe), and, for pairs whose
-    alignment lies in the `grey` (low, high) zone, the best view's cohort alignment."""
+    alignment lies in the `grey` (low, high) zone, the best view's cohort alignment (items
+    aligned with the pair's item at `same_picture` left out)."""
     need = np.unique(rows)
     thumbs, owner = load_views(need)
     # every view of each candidate row against each of the row's items
@@ -275,17 +278,23 @@ def _best_view_alignment(index, rows, items, load_views, grey, progress):
     zone = np.nonzero((align >= grey[0]) & (align < grey[1]))[0]
     if len(zone):
         best_thumbs = thumbs[first[local[zone]] + rank[top[zone]]]
-        cohort[zone] = _cohort_alignment(index, best_thumbs, items[zone], progress)
+        cohort[zone] = _cohort_alignment(index, best_thumbs, items[zone], same_picture, progress)
     return align, rank[top], window[top], cohort
 
 
-def _cohort_alignment(index, thumbs: np.ndarray, items: np.ndarray, progress=False):
+def _cohort_alignment(index, thumbs, items, same_picture: float, progress=False):
     """For each pool view thumbnail, its best alignment with the COHORT evaluation items
-    nearest it by copy descriptor, its own candidate item left out."""
+    nearest it by copy descriptor, leaving out its own candidate item and the items that line
+    up with that item at `same_picture` (checked only where the score could raise a threshold)."""
     group, cohort = copy_search.nearest_items(index, views.copy_descriptor(thumbs), COHORT + 1)
     other = cohort != items[group]
     group, cohort = group[other], cohort[other]
     score = verify.alignment(thumbs, index.thumbs, group, cohort, progress, "verify cohorts")
+    high = np.nonzero(score > COHORT_START)[0]
+    same = verify.alignment(
+        index.thumbs, index.thumbs, cohort[high], items[group[high]], progress, "cohort series"
+    )
+    score[high[same >= same_picture]] = -1.0
     out = np.full(len(thumbs), -1.0, np.float32)
     np.maximum.at(out, group, score)
     return out

@@ -221,12 +221,17 @@ def plain(seed: int) -> Image.Image:
 def test_a_bland_image_needs_more_alignment_than_a_detailed_copy(tmp_path):
     """Bland images line up fairly well with many evaluation images: the cohort raises their
     threshold, so fewer of them are flagged, while real copies (detailed pictures, upscaled
-    and re-encoded) still are."""
+    cropped and re-encoded) still are, also those of a picture the evaluation set holds twice."""
     originals = [textured(1000 + s) for s in range(12)]
-    np.savez(tmp_path / "eval.npz", x=thumbs([plain(s) for s in range(300)] + originals))
+    # a series: the evaluation set also holds a slightly cropped shot of each of the first 3
+    series = [crop(o, 0.06, 0.5, 0.5) for o in originals[:3]]
+    np.savez(tmp_path / "eval.npz", x=thumbs([plain(s) for s in range(300)] + originals + series))
     pool = Pool.create(tmp_path / "pool")
     copies = [
-        encode(o.resize((64, 64), Image.Resampling.BICUBIC), "JPEG", quality=30) for o in originals
+        encode(
+            crop(o, 0.1, 0.2, 0.8).resize((64, 64), Image.Resampling.BICUBIC), "JPEG", quality=30
+        )
+        for o in originals
     ]
     bland = [encode(plain(5000 + s)) for s in range(60)]
     added = pool.add(
