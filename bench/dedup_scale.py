@@ -226,9 +226,12 @@ def copy_candidates(rng, n_pool: int, n_eval: int, per_item: int, framed: float 
 
 def cohort_verification(rng, n_pool: int, n_eval: int, per_item: int, grey: float) -> None:
     """The grey-zone candidates' cohort (dedup/decontaminate.py): each pool view's nearest
-    items by copy descriptor, then its alignment with COHORT of them."""
+    items by copy descriptor, then its alignment with COHORT of them. Random thumbnails rarely
+    align above COHORT_START, so the series check (cohort item against candidate item) is
+    nearly free here; at worst it doubles the alignment work."""
     from dedup import decontaminate, embeddings, verify
     from dedup.decontaminate import EvalIndex
+    from dedup.options import DedupOptions
 
     n_pairs = max(1, int(grey * n_pool))
     dim = views.COPY_GRID**2
@@ -240,7 +243,7 @@ def cohort_verification(rng, n_pool: int, n_eval: int, per_item: int, grey: floa
     thumbs = rng.integers(0, 256, (n_pairs, verify.SIZE, verify.SIZE, 3), dtype=np.uint8)
     items = rng.integers(0, n_eval, n_pairs)
     start = time.perf_counter()
-    decontaminate._cohort_alignment(index, thumbs, items)
+    decontaminate._cohort_alignment(index, thumbs, items, DedupOptions().verify_sim)
     took = time.perf_counter() - start
     print(
         f"cohort of {n_pairs:,} grey-zone candidates ({grey} per pool image, "
