@@ -102,11 +102,9 @@ def find_picture(img: Image.Image) -> Picture | None:
         _, cx, cy, bw, bh, angle = max(found)
         if angle == 0:
             cx, cy, bw, bh = _without_blur_ramp(np.abs(arr - frame).max(2), cx, cy, bw, bh)
-    elif (extent := _extent_box(arr, frame, _frame_noise(ring, frame))) is not None:
+    elif (extent := _extent_box(arr, frame, (noise := _frame_noise(ring, frame)))) is not None:
         cx, cy, bw, bh, angle = extent
-    elif (noise := _frame_noise(ring, frame)) <= PLAIN_NOISE and (
-        block := _layout_box(arr, backgrounds[-1], noise)
-    ) is not None:
+    elif noise <= PLAIN_NOISE and (block := _layout_box(arr, backgrounds[-1], noise)) is not None:
         cx, cy, bw, bh, angle = block
     else:
         return None
@@ -129,24 +127,35 @@ def _extent_box(arr: np.ndarray, frame: np.ndarray, noise: float):
     picture (EXTENT share of their pixels unlike the frame), or None: the fallback for a
     picture with much of the frame's colour in it (a grey picture on grey, an object on
     white), whose region is not one solid rectangle."""
-    from scipy import ndimage
-
-    unlike = np.abs(arr - frame).max(2) > noise + EXTENT_MARGIN
-    unlike = ndimage.binary_opening(unlike, np.ones((3, 3), bool))
+    unlike = _unlike(arr, [frame], noise)
     rows = np.nonzero(unlike.mean(1) >= EXTENT)[0]
     cols = np.nonzero(unlike.mean(0) >= EXTENT)[0]
     if len(rows) == 0 or len(cols) == 0:
         return None
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    box = unlike[top:bottom, left:right]
+    if not _reaches_edges(unlike[top:bottom, left:right]):
+        return None
+    return (left + right) / 2, (top + bottom) / 2, float(right - left), float(bottom - top), 0.0
+
+
+def _unlike(arr: np.ndarray, colours: list[np.ndarray], noise: float) -> np.ndarray:
+    """Where the image is unlike every background colour (beyond the frame's own noise plus
+    EXTENT_MARGIN), thin strokes (caption text, rules) opened away."""
+    from scipy import ndimage
+
+    unlike = np.ones(arr.shape[:2], bool)
+    for colour in colours:
+        unlike &= np.abs(arr - colour).max(2) > noise + EXTENT_MARGIN
+    return ndimage.binary_opening(unlike, np.ones((3, 3), bool))
+
+
+def _reaches_edges(box: np.ndarray) -> bool:
+    """Whether the picture mask `box` reaches its box's edges all along them (if sparsely),
+    as a picture does; a disc or a triangle touches them at points."""
     bh, bw = box.shape
     dy, dx = max(1, round(EDGE_BAND * bh)), max(1, round(EDGE_BAND * bw))
-    # a picture reaches its box's edges all along them (if sparsely); a disc or a triangle
-    # touches them at points
     along = (box[:dy].any(0), box[-dy:].any(0), box[:, :dx].any(1), box[:, -dx:].any(1))
-    if min(_spread(edge) for edge in along) < EDGE_SPREAD:
-        return None
-    return (left + right) / 2, (top + bottom) / 2, float(bw), float(bh), 0.0
+    return min(_spread(edge) for edge in along) >= EDGE_SPREAD
 
 
 def _layout_box(arr: np.ndarray, colours: list[np.ndarray], noise: float):
@@ -154,44 +163,40 @@ def _layout_box(arr: np.ndarray, colours: list[np.ndarray], noise: float):
     blocks (a title, the picture, caption lines) separated by rows or columns of plain
     background, found by cutting at those gaps (XY-cut), or None when the page holds a single
     block that does not reach its box's edges all along them (an object on a plain ground)."""
-    from scipy import ndimage
-
-    unlike = np.ones(arr.shape[:2], bool)
-    for colour in colours:
-        unlike &= np.abs(arr - colour).max(2) > noise + EXTENT_MARGIN
-    unlike = ndimage.binary_opening(unlike, np.ones((3, 3), bool))
+    unlike = _unlike(arr, colours, noise)
     top, bottom, left, right = 0, unlike.shape[0], 0, unlike.shape[1]
     blocks = 1
-    for _ in range(4):  # rows, columns, rows, columns: each cut may open gaps for the next
+    for _ in range(4):  # rows then columns, until stable: each cut may open gaps for the next
         before = (top, bottom, left, right)
-        runs = _runs(unlike[top:bottom, left:right].mean(1) >= EXTENT)
-        if not runs:
-            return None
-        blocks = max(blocks, len(runs))
-        a, b = max(runs, key=lambda r: unlike[top + r[0] : top + r[1], left:right].sum())
-        top, bottom = top + a, top + b
-        runs = _runs(unlike[top:bottom, left:right].mean(0) >= EXTENT)
-        if not runs:
-            return None
-        blocks = max(blocks, len(runs))
-        a, b = max(runs, key=lambda r: unlike[top:bottom, left + r[0] : left + r[1]].sum())
-        left, right = left + a, left + b
+        for axis in (0, 1):
+            cut = _largest_run(unlike[top:bottom, left:right], axis)
+            if cut is None:
+                return None
+            a, b, runs = cut
+            blocks = max(blocks, runs)
+            if axis == 0:
+                top, bottom = top + a, top + b
+            else:
+                left, right = left + a, left + b
         if (top, bottom, left, right) == before:
             break
-    box = unlike[top:bottom, left:right]
-    bh, bw = box.shape
-    if blocks == 1:
-        dy, dx = max(1, round(EDGE_BAND * bh)), max(1, round(EDGE_BAND * bw))
-        along = (box[:dy].any(0), box[-dy:].any(0), box[:, :dx].any(1), box[:, -dx:].any(1))
-        if min(_spread(edge) for edge in along) < EDGE_SPREAD:
-            return None
-    return (left + right) / 2, (top + bottom) / 2, float(bw), float(bh), 0.0
+    if blocks == 1 and not _reaches_edges(unlike[top:bottom, left:right]):
+        return None
+    return (left + right) / 2, (top + bottom) / 2, float(right - left), float(bottom - top), 0.0
 
 
-def _runs(occupied: np.ndarray) -> list[tuple[int, int]]:
-    """(start, end) of each run of True values."""
+def _largest_run(mask: np.ndarray, axis: int) -> tuple[int, int, int] | None:
+    """(start, end, number of runs) of the run of occupied rows (axis 0) or columns (axis 1)
+    of `mask` that holds the most of it, where occupied means at least EXTENT of the line is
+    set; None when no line is."""
+    per_line = mask.sum(1 - axis)
+    occupied = mask.mean(1 - axis) >= EXTENT
     edges = np.diff(np.concatenate([[0], occupied.astype(np.int8), [0]]))
-    return list(zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0], strict=True))
+    runs = list(zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0], strict=True))
+    if not runs:
+        return None
+    a, b = max(runs, key=lambda r: per_line[r[0] : r[1]].sum())
+    return int(a), int(b), len(runs)
 
 
 def _spread(edge: np.ndarray) -> float:
