@@ -172,7 +172,8 @@ def main() -> None:
     s = result.settings
     print(
         f"decontamination: candidates from copy descriptors (top {s['copy_top_items']} items, "
-        f">= {s['copy_floor']}), hash radius <= {s['candidate_radius']} or similarity >= "
+        f">= {s['copy_floor']}), the learned descriptor {s['learned_descriptor']} (top "
+        f"{s['learned_top_items']} items, >= {s['learned_floor']}), hash radius <= {s['candidate_radius']} or similarity >= "
         f"{s['candidate_sim']}; accepted when alignment >= {s['verify_sim']} "
         f"(>= {s['verify_sim_with_hash']} with hash <= {s['radius']}), "
         f"{s['verify_margin_moved']} more for a cropped or turned window, "
@@ -193,6 +194,7 @@ def main() -> None:
             view=c.view,
             window=c.window,
             cohort=c.cohort,
+            learned=c.learned,
             source=sources(urls, truth),
             kind=np.array([truth[u][0] for u in urls]),
             tune=np.array([split_of(u) == "tune" for u in urls]),

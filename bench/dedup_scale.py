@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--skip-decontamination", action="store_true")
     parser.add_argument(
         "--decontamination-parts",
-        default="copy,hash,features,verify,cohort,pairs",
+        default="copy,net,hash,features,verify,cohort,pairs",
         help="which steps to time",
     )
     parser.add_argument(
@@ -132,14 +132,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, radius <= {RADIUS}")
-    per_image = time_hashing(data_dir(args.data), args.hash_sample)
-    print(
-        f"hashing (decode + pHash/dHash + mirrors + pixel digest + view copy descriptors), "
-        f"{args.hash_sample} images:"
-    )
-    print(f"  {per_image * 1e6:.0f} us/image on one core")
-    for n in (10**5, 10**6, 10**7):
-        print(f"  {n:>9,} images: {per_image * n:8.0f} s (extrapolated)")
+    if args.hash_sample:
+        per_image = time_hashing(data_dir(args.data), args.hash_sample)
+        print(
+            f"hashing (decode + pHash/dHash + mirrors + pixel digest + view copy descriptors), "
+            f"{args.hash_sample} images:"
+        )
+        print(f"  {per_image * 1e6:.0f} us/image on one core")
+        for n in (10**5, 10**6, 10**7):
+            print(f"  {n:>9,} images: {per_image * n:8.0f} s (extrapolated)")
     rng = np.random.default_rng(0)
     if not args.skip_grouping:
         grouping_table(args, rng)
@@ -172,7 +173,7 @@ def decontamination(
     pairs_per_image: float = 1.0,
     grey_per_image: float = 0.0056,
     sample: int = 20_000,
-    parts: tuple[str, ...] = ("copy", "hash", "features", "verify", "cohort", "pairs"),
+    parts: tuple[str, ...] = ("copy", "net", "hash", "features", "verify", "cohort", "pairs"),
 ) -> None:
     """The candidate searches and the verification of 10^6 pool images against 10^4 items.
 
@@ -185,6 +186,8 @@ def decontamination(
     print(f"\ndecontamination: {n_pool:,} pool images against {n_eval:,} evaluation items")
     if "copy" in parts:
         copy_candidates(rng, n_pool, n_eval, per_item)
+    if "net" in parts:
+        net_candidates(rng, n_pool, n_eval, sample)
     if "hash" in parts:
         hash_candidates(rng, n_pool, n_eval * per_item, sample)
     if "features" in parts:
@@ -220,6 +223,41 @@ def copy_candidates(rng, n_pool: int, n_eval: int, per_item: int, framed: float 
         f"{copy_search.WIDE_ITEMS} items per view looked at window by window, top "
         f"{copy_search.TOP_ITEMS} kept, of {n_eval * per_item:,} variants): "
         f"{time.perf_counter() - start:6.1f} s, {len(rows) / n_pool:.2f} candidates per image",
+        flush=True,
+    )
+
+
+def net_candidates(rng, n_pool: int, n_eval: int, sample: int) -> None:
+    """The learned copy descriptor (dedup/copy_net.py): describing pool images (at ingest, with
+    the hashes; timed on `sample` images and extrapolated), then the candidate search of every
+    pool descriptor among the items' (each item and its mirror)."""
+    import torch
+
+    from dedup import copy_net, copy_search, embeddings
+    from dedup.decontaminate import EvalIndex
+
+    squashed = rng.integers(0, 256, (sample, copy_net.SIDE, copy_net.SIDE, 3), dtype=np.uint8)
+    copy_net.describe(squashed[: copy_net.BATCH])  # load the weights, warm up
+    start = time.perf_counter()
+    copy_net.describe(squashed)
+    per = (time.perf_counter() - start) / sample
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(
+        f"learned copy descriptors ({where}, {torch.get_num_threads()} threads): "
+        f"{per * 1e6:.0f} us/image, {per * n_pool:.0f} s for {n_pool:,} (at ingest; "
+        f"timed on {sample:,})",
+        flush=True,
+    )
+    items = embeddings.normalize(rng.standard_normal((n_eval * copy_net.PER_ITEM, copy_net.DIM)))
+    pool = embeddings.normalize(rng.standard_normal((n_pool, copy_net.DIM), np.float32))
+    index = EvalIndex(None, {}, {}, None, None, None, 0, None, items)
+    start = time.perf_counter()
+    rows, _ = copy_search.net_candidates(index, pool)
+    print(
+        f"learned-descriptor candidate search (top {copy_search.NET_TOP} of "
+        f"{len(items):,} vectors, >= {copy_search.NET_FLOOR}): "
+        f"{time.perf_counter() - start:.1f} s, {len(rows) / n_pool:.2f} candidates per image "
+        "(random descriptors)",
         flush=True,
     )
 

@@ -30,6 +30,8 @@ WINDOW_SIDES = (32, 30, 28, 26, 24)  # on the 32 px thumbnail
 WINDOW_STEPS = 3  # positions per axis of each smaller window: both edges and the centre
 WINDOW_ANGLES = (-8.0, -4.0, 0.0, 4.0, 8.0)  # degrees
 SIZE = 32
+NET_TOP = 2  # candidates kept per pool image from the learned descriptor (dedup/copy_net.py)
+NET_FLOOR = 0.3  # least learned-descriptor similarity of such a candidate
 
 
 def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -57,6 +59,29 @@ def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndar
     row = view // views.VIEWS
     keep = sim >= FLOOR
     return _top_per_group(row[keep], item[keep], sim[keep], TOP_ITEMS)
+
+
+def net_candidates(index, net: np.ndarray, progress: bool = False):
+    """(pool row, item) candidate pairs from the learned descriptor (dedup/copy_net.py): the
+    NET_TOP items nearest each pool row's descriptor in `net` (by the item or its mirror, in
+    `index.net`), similarity >= NET_FLOOR."""
+    from dedup import copy_net
+
+    out = [
+        _first_items(found.query, found.db // copy_net.PER_ITEM, NET_TOP)
+        for found in embeddings.similar_chunks(
+            index.net,
+            net,
+            NET_FLOOR,
+            k=copy_net.PER_ITEM * NET_TOP,
+            nprobe=NPROBE,
+            progress=progress,
+            desc="overlap learned",
+        )
+    ]
+    if not out:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return tuple(np.concatenate(a) for a in zip(*out, strict=True))
 
 
 def nearest_items(index, desc: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:

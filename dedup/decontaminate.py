@@ -6,8 +6,9 @@ centre) and turned by ROTATIONS (the central part, without the corners the turn 
 also mirrored. The pool side is normalised instead: each pool image is looked at whole and, when
 it has a plain frame (a border, letterbox bars, a page around a screenshot), as the picture
 inside it (dedup/views.py). A pool image is a candidate for an evaluation item when its views'
-copy descriptors (8x8 luminance) find the item (dedup/copy_search.py), when its hash is within
-CANDIDATE_RADIUS (inclusive) of one of the item's codes, or when its features reach
+copy descriptors (8x8 luminance) find the item (dedup/copy_search.py), when the learned copy
+descriptor of the whole image (dedup/copy_net.py) puts the item among its nearest, when its hash
+is within CANDIDATE_RADIUS (inclusive) of one of the item's codes, or when its features reach
 `candidate_sim` against one of the item's features.
 
 Verification (dedup/verify.py): a candidate pair is a match when a view of the pool image lines
@@ -35,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from dedup import binary_index, copy_search, embeddings, verify, views
+from dedup import binary_index, copy_net, copy_search, embeddings, verify, views
 from dedup.evalset import EvalSet
 from dedup.hashing import HASH_KINDS, pixel_digest, to_codes
 from pool.images import resize_center_crop
@@ -87,6 +88,7 @@ class EvalIndex:
     features: np.ndarray | None  # (M * V, D) float32, raw extractor output (not normalised)
     per_item: int  # V: variants per item; rows of item i are i*V .. (i+1)*V-1
     thumbs: np.ndarray  # (M, 32, 32, 3) uint8 thumbnails for verification
+    net: np.ndarray | None = None  # (M * copy_net.PER_ITEM, D) learned descriptors (copy_net.py)
 
 
 def prepare(
@@ -99,12 +101,13 @@ def prepare(
     hash_fn = HASH_KINDS[hash_kind]
     size = getattr(extractor, "input_size", 32)
     byte_sha = {s: i for i, s in enumerate(evalset.byte_sha256) if s}
-    pixel_sha, hexes, thumbs, feats, own, copy = {}, [], [], [], [], []
+    pixel_sha, hexes, thumbs, feats, own, copy, whole = {}, [], [], [], [], [], []
     per_item = 0
     for i in tqdm(range(len(evalset)), disable=not progress, desc="evaluation set"):
         img = evalset.load(i)
         pixel_sha.setdefault(pixel_digest(img), i)
         own.append(np.asarray(resize_center_crop(img, verify.SIZE)))
+        whole.append(copy_net.squash(img))
         vs = variants(img, crops)
         per_item = len(vs)
         hexes.extend(str(hash_fn(v)) for v in vs)
@@ -121,7 +124,15 @@ def prepare(
     features = np.concatenate(feats) if feats else None
     copy = np.concatenate(copy) if copy else np.zeros((0, views.COPY_GRID**2), np.float32)
     return EvalIndex(
-        evalset, byte_sha, pixel_sha, to_codes(hexes), copy, features, per_item, np.stack(own)
+        evalset,
+        byte_sha,
+        pixel_sha,
+        to_codes(hexes),
+        copy,
+        features,
+        per_item,
+        np.stack(own),
+        copy_net.item_descriptors(whole),
     )
 
 
@@ -159,6 +170,7 @@ class Candidates:
     view: np.ndarray  # the best view of the pool image (0 whole, 1 inside a frame, ...)
     window: np.ndarray  # the best window (dedup/verify.py describe)
     cohort: np.ndarray  # best alignment with a cohort item, NaN outside the grey zone
+    learned: np.ndarray  # learned-descriptor similarity (dedup/copy_net.py), NaN without one
 
 
 def find_overlaps(
@@ -175,14 +187,18 @@ def find_overlaps(
     candidate_sim: float = CANDIDATE_SIM,
     method: str = "auto",
     progress: bool = False,
+    net: np.ndarray | None = None,
 ) -> tuple[dict[int, Overlap], Candidates]:
     """{pool row: Overlap} for every pool image that matches an evaluation item, and the
     candidates that were checked. `features` (pool) and `index.features` must be normalised
     the same way; `copy` holds each pool row's view_descriptors (dedup/views.py);
     `load_views(rows)` returns the 32x32 uint8 thumbnails of the rows' views and, for each, its
-    position in `rows`."""
-    rows, items = _candidate_pairs(index, codes, features, copy, candidate_sim, method, progress)
+    position in `rows`; `net` holds each pool row's learned descriptor (dedup/copy_net.py)."""
+    rows, items = _candidate_pairs(
+        index, codes, features, copy, net, candidate_sim, method, progress
+    )
     ham, sim = _pair_scores(index, codes, features, rows, items)
+    learned = _learned_similarity(index, net, rows, items)
     grey = _grey_zone(min(verify_sim, verify_sim_hash), verify_sim)
     align, view, window, cohort = _best_view_alignment(
         index, rows, items, load_views, grey, verify_sim, progress
@@ -211,7 +227,7 @@ def find_overlaps(
         if item is not None:
             h, s = _pair_scores(index, codes, features, np.array([row]), np.array([item]))
             out[row] = Overlap(item, reason, int(h[0]), None if s is None else float(s[0]), None)
-    return out, Candidates(rows, items, ham, sim, align, view, window, cohort)
+    return out, Candidates(rows, items, ham, sim, align, view, window, cohort, learned)
 
 
 def accepts(
@@ -333,12 +349,16 @@ def _ranks_within(counts: np.ndarray) -> np.ndarray:
     return np.arange(int(counts.sum())) - starts
 
 
-def _candidate_pairs(index, codes, features, copy, candidate_sim, method, progress=False):
+def _candidate_pairs(index, codes, features, copy, net, candidate_sim, method, progress=False):
     """Unique (pool row, evaluation item) pairs from the copy descriptors' nearest items, the
-    loose hash radius and the feature similarity."""
+    learned descriptor's nearest items, the loose hash radius and the feature similarity."""
     rows, items = [], []
     if len(copy):
         row, item = copy_search.candidates(index, copy, progress)
+        rows.append(row)
+        items.append(item)
+    if net is not None and index.net is not None and len(net):
+        row, item = copy_search.net_candidates(index, net, progress)
         rows.append(row)
         items.append(item)
     if features is not None and index.features is not None:
@@ -362,6 +382,18 @@ def _candidate_pairs(index, codes, features, copy, candidate_sim, method, progre
         return np.empty(0, np.int64), np.empty(0, np.int64)
     pairs = np.unique(np.stack([np.concatenate(rows), np.concatenate(items)], 1), axis=0)
     return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+
+
+def _learned_similarity(index, net, rows, items) -> np.ndarray:
+    """Learned-descriptor similarity of each pool row to its item (or the item's mirror)."""
+    if net is None or index.net is None:
+        return np.full(len(rows), np.nan, np.float32)
+    per_item = index.net.reshape(-1, copy_net.PER_ITEM, index.net.shape[1])
+    out = np.empty(len(rows), np.float32)
+    for s in range(0, len(rows), PAIR_CHUNK):
+        r, it = rows[s : s + PAIR_CHUNK], items[s : s + PAIR_CHUNK]
+        out[s : s + PAIR_CHUNK] = np.einsum("nvd,nd->nv", per_item[it], net[r]).max(axis=1)
+    return out
 
 
 def _pair_scores(index, codes, features, rows, items):

@@ -24,7 +24,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from dedup import binary_index, copy_search, decontaminate, embeddings, grouping, verify, views
+from dedup import (
+    binary_index,
+    copy_net,
+    copy_search,
+    decontaminate,
+    embeddings,
+    grouping,
+    verify,
+    views,
+)
 from dedup.cache import EmbeddingCache, HashCache
 from dedup.errors import DedupError
 from dedup.evalset import load_eval_set
@@ -100,6 +109,9 @@ def dedup_pool(
         "candidate_sim": decontaminate.CANDIDATE_SIM if extractor is not None else None,
         "copy_top_items": copy_search.TOP_ITEMS,
         "copy_floor": copy_search.FLOOR,
+        "learned_descriptor": copy_net.key() if evalset is not None else None,
+        "learned_top_items": copy_search.NET_TOP,
+        "learned_floor": copy_search.NET_FLOOR,
         "verify_sim": verify_sim,
         "verify_sim_with_hash": min(verify_sim, decontaminate.VERIFY_SIM_HASH),
         "verify_margin_moved": decontaminate.MOVED_MARGIN,
@@ -111,7 +123,10 @@ def dedup_pool(
         "embedding_duplicates_verified": extractor is not None,
     }
 
-    hashes, features, copies, failed = _compute(pool, scope, extractor, model_key, progress, result)
+    learned = evalset is not None  # the learned descriptor only proposes overlap candidates
+    hashes, features, copies, nets, failed = _compute(
+        pool, scope, extractor, model_key, learned, progress, result
+    )
     ok = [i for i, s in enumerate(shas) if s not in failed]
     shas = [shas[i] for i in ok]
     info = {c: scope[c].take(ok) for c in ("width", "height", "fetched_at", "bytes")}
@@ -130,6 +145,7 @@ def dedup_pool(
         )
 
     copy = np.stack([copies[s] for s in shas]) if shas else np.zeros((0, COPY_DIM), np.float32)
+    net = np.stack([nets[s] for s in shas]) if learned and shas else None
     paths = scope["path"].take(ok).to_pylist()
 
     def load_thumbs(rows):
@@ -157,6 +173,7 @@ def dedup_pool(
             verify_sim_hash=min(verify_sim, decontaminate.VERIFY_SIM_HASH),
             method=opts.index,
             progress=progress,
+            net=net,
         )
 
     # Near-duplicate groups among the images that are not evaluation overlaps.
@@ -299,19 +316,25 @@ def _edges(
     return a, b, checked
 
 
-def _compute(pool, scope, extractor, model_key, progress, result):
-    """Hashes (and features) of every in-scope image, decoding only those not cached yet."""
+def _compute(pool, scope, extractor, model_key, learned, progress, result):
+    """Hashes, copy descriptors (and features, and learned copy descriptors when `learned`) of
+    every in-scope image, decoding only those not cached yet."""
     hash_cache = HashCache(pool.root)
     hashes = hash_cache.load()
     emb_cache = EmbeddingCache(pool.root, model_key) if extractor is not None else None
     features = emb_cache.load() if emb_cache is not None else {}
     copy_cache = EmbeddingCache(pool.root, COPY_KEY, folder="copy")
     copies = copy_cache.load()
+    net_cache = EmbeddingCache(pool.root, copy_net.key(), folder="copy") if learned else None
+    nets = net_cache.load() if net_cache is not None else {}
     size = getattr(extractor, "input_size", 32)
     todo = [
         (s, p)
         for s, p in zip(scope["sha256"].to_pylist(), scope["path"].to_pylist(), strict=True)
-        if s not in hashes or s not in copies or (extractor is not None and s not in features)
+        if s not in hashes
+        or s not in copies
+        or (extractor is not None and s not in features)
+        or (learned and s not in nets)
     ]
     failed: dict[str, str] = {}
 
@@ -321,17 +344,18 @@ def _compute(pool, scope, extractor, model_key, progress, result):
             img = decode_rgb(pool.read_bytes(path))
             img.load()
         except Exception as exc:
-            return sha, None, None, None, f"undecodable: {type(exc).__name__}: {exc}"[:200]
+            return sha, None, None, None, None, f"undecodable: {type(exc).__name__}: {exc}"[:200]
         hashed = hashes.get(sha) or image_hashes(img)
         copy = copies[sha] if sha in copies else views.view_descriptors(img)
         thumb = np.asarray(resize_center_crop(img, size)) if extractor is not None else None
-        return sha, hashed, copy, thumb, None
+        squashed = copy_net.squash(img) if learned and sha not in nets else None
+        return sha, hashed, copy, thumb, squashed, None
 
     bar = tqdm(total=len(todo), disable=not progress or not todo, desc="hash + embed", unit="image")
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
         for start in range(0, len(todo), BATCH):
-            new_hashes, new_copies, thumbs = {}, {}, {}
-            for sha, hashed, copy, thumb, error in ex.map(work, todo[start : start + BATCH]):
+            new_hashes, new_copies, thumbs, squashed = {}, {}, {}, {}
+            for sha, hashed, copy, thumb, whole, error in ex.map(work, todo[start : start + BATCH]):
                 if error:
                     failed[sha] = error
                     continue
@@ -341,6 +365,8 @@ def _compute(pool, scope, extractor, model_key, progress, result):
                     new_copies[sha] = copy
                 if thumb is not None and sha not in features:
                     thumbs[sha] = thumb
+                if whole is not None:
+                    squashed[sha] = whole
             new_features = {}
             if thumbs:
                 out = np.asarray(extractor(np.stack(list(thumbs.values()))), dtype=np.float32)
@@ -350,6 +376,12 @@ def _compute(pool, scope, extractor, model_key, progress, result):
                         "expected (N, D)"
                     )
                 new_features = dict(zip(thumbs, out, strict=True))
+            new_nets = {}
+            if squashed:
+                described = copy_net.describe(np.stack(list(squashed.values())))
+                new_nets = dict(zip(squashed, described, strict=True))
+                net_cache.append(new_nets)
+                nets.update(new_nets)
             hash_cache.append(new_hashes)
             copy_cache.append(new_copies)
             copies.update(new_copies)
@@ -360,7 +392,7 @@ def _compute(pool, scope, extractor, model_key, progress, result):
             result.hashed += len(new_hashes)
             bar.update(min(BATCH, len(todo) - start))
     bar.close()
-    return hashes, features, copies, failed
+    return hashes, features, copies, nets, failed
 
 
 def _view_thumbnails(pool: Pool, paths: list[str], progress: bool = False):

@@ -1,0 +1,136 @@
+"""The learned copy descriptor (dedup/copy_net.py) with its shipped weights: it puts web-edited
+copies next to their source among many items, proposes candidates the 8x8 copy descriptors miss,
+and a broken weights file stops dedup with a clear error before the manifest changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+from dedup import copy_net, copy_search, decontaminate, views
+from dedup.errors import DedupError
+from dedup.evalset import load_eval_set
+from dedup.options import DedupOptions
+from dedup.run import dedup_pool
+from pool.store import NewImage, Pool
+from tests.dedup.dedup_testkit import encode, textured
+from tests.dedup.test_dedup_web_edits import (
+    captioned,
+    framed,
+    letterboxed,
+    rotated,
+    screenshot,
+)
+
+torch.set_num_threads(1)
+
+EDITS = {
+    "zoom_out": lambda im: framed(im, 0.6, (250, 250, 250)),
+    "screenshot": screenshot,
+    "rotated": lambda im: rotated(im, -9, "blur"),
+    "caption_logo": captioned,
+    "grayscale_mirrored": lambda im: ImageOps.mirror(ImageOps.grayscale(im).convert("RGB")),
+    "blurred_crop": lambda im: im.crop((3, 2, 30, 31)).filter(ImageFilter.GaussianBlur(1)),
+    "turned_letterbox": lambda im: rotated(letterboxed(im, (0, 0, 0)), 7, "white"),
+}
+
+
+def squashed(images) -> np.ndarray:
+    return np.stack([copy_net.squash(im) for im in images])
+
+
+@pytest.fixture(scope="module")
+def items():
+    return [textured(1000 + k) for k in range(200)]
+
+
+@pytest.fixture(scope="module")
+def item_descriptors(items):
+    return copy_net.item_descriptors(list(squashed(items)))
+
+
+def test_item_descriptors_are_each_item_then_its_mirror(items, item_descriptors):
+    assert item_descriptors.shape == (2 * len(items), copy_net.DIM)
+    mirror = copy_net.describe(squashed([ImageOps.mirror(items[3])]))[0]
+    np.testing.assert_allclose(item_descriptors[7], mirror, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(item_descriptors, axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_web_edited_copies_are_nearest_their_own_item(items, item_descriptors, edit):
+    copies = [EDITS[edit](items[k]) for k in range(0, 200, 5)]
+    sim = copy_net.describe(squashed(copies)) @ item_descriptors.T
+    nearest = sim.argmax(1) // copy_net.PER_ITEM
+    assert (nearest == np.arange(0, 200, 5)).mean() >= 0.9, nearest
+    unrelated = copy_net.describe(squashed([textured(9000 + k) for k in range(40)]))
+    assert np.median(sim.max(1)) > np.quantile((unrelated @ item_descriptors.T).max(1), 0.9)
+
+
+def test_turned_letterboxed_copies_are_candidates_only_through_the_learned_descriptor(tmp_path):
+    originals = [textured(1000 + k) for k in range(100)]
+    np.savez(tmp_path / "eval.npz", x=np.stack([np.asarray(o) for o in originals]))
+    index = decontaminate.prepare(load_eval_set(tmp_path / "eval.npz"), "phash")
+    copies = [EDITS["turned_letterbox"](originals[k]) for k in range(20)]
+    own = {(k, k) for k in range(20)}
+
+    rows, found = copy_search.candidates(
+        index, np.stack([views.view_descriptors(c) for c in copies])
+    )
+    by_copy_descriptors = own & set(zip(rows.tolist(), found.tolist(), strict=True))
+    rows, found = copy_search.net_candidates(index, copy_net.describe(squashed(copies)))
+    by_learned = own & set(zip(rows.tolist(), found.tolist(), strict=True))
+    assert len(by_copy_descriptors) <= 2 and len(by_learned) >= 18
+    assert np.bincount(rows).max() <= copy_search.NET_TOP
+
+
+def test_broken_weights_stop_dedup_with_a_clear_error_and_leave_the_manifest(tmp_path, monkeypatch):
+    np.savez(tmp_path / "eval.npz", x=np.stack([np.asarray(textured(k)) for k in range(3)]))
+    pool = Pool.create(tmp_path / "pool")
+    pool.add([NewImage(encode(textured(50 + k)), url=f"http://x/{k}") for k in range(3)])
+    before = pool.manifest().to_pylist()
+    for content in (None, b"not a checkpoint"):
+        weights = tmp_path / "copy_net.pt"
+        weights.unlink(missing_ok=True)
+        if content is not None:
+            weights.write_bytes(content)
+        monkeypatch.setattr(copy_net, "WEIGHTS", weights)
+        copy_net.key.cache_clear()
+        copy_net._loaded.cache_clear()
+        try:
+            with pytest.raises(DedupError, match="learned copy descriptor's weights"):
+                dedup_pool(pool.root, DedupOptions(), eval_set=tmp_path / "eval.npz")
+        finally:
+            copy_net.key.cache_clear()
+            copy_net._loaded.cache_clear()
+        assert pool.manifest().to_pylist() == before
+    monkeypatch.undo()
+    dedup_pool(pool.root, DedupOptions(), eval_set=tmp_path / "eval.npz")  # the shipped weights
+    assert {r["status"] for r in pool.manifest().to_pylist()} == {"kept"}
+
+
+def test_without_an_evaluation_set_no_learned_descriptor_is_computed(tmp_path):
+    pool = Pool.create(tmp_path / "pool")
+    pool.add(
+        [NewImage(encode(Image.new("RGB", (40, 40), (k, 0, 0))), url=f"u{k}") for k in (9, 200)]
+    )
+    result = dedup_pool(pool.root, DedupOptions())
+    assert result.settings["learned_descriptor"] is None
+    assert not (pool.root / "dedup" / "copy" / copy_net.key()).exists()
+
+
+def test_pool_descriptors_are_cached_so_a_rerun_describes_only_the_evaluation_items(
+    tmp_path, monkeypatch
+):
+    np.savez(tmp_path / "eval.npz", x=np.stack([np.asarray(textured(k)) for k in range(4)]))
+    pool = Pool.create(tmp_path / "pool")
+    pool.add([NewImage(encode(textured(50 + k)), url=f"http://x/{k}") for k in range(6)])
+    described, real = [], copy_net.describe
+    monkeypatch.setattr(copy_net, "describe", lambda x: described.append(len(x)) or real(x))
+    dedup_pool(pool.root, DedupOptions(), eval_set=tmp_path / "eval.npz")
+    assert sorted(described) == [6, 4 * copy_net.PER_ITEM]
+    assert list((pool.root / "dedup" / "copy" / copy_net.key()).glob("part-*.npz"))
+    described.clear()
+    dedup_pool(pool.root, DedupOptions(), eval_set=tmp_path / "eval.npz")
+    assert described == [4 * copy_net.PER_ITEM]
