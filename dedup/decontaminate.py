@@ -146,11 +146,14 @@ class Overlap:
     view: int | None = None  # the pool image's best view (0 whole, 1 inside a frame, ...)
     window: int | None = None  # the best window (dedup/verify.py window_shape)
     cohort: float | None = None  # best alignment with another item (None: not needed)
+    learned: float | None = None  # learned-descriptor similarity (dedup/copy_net.py)
 
     @property
-    def cohort_note(self) -> str:
-        """Where the cohort was needed, ", best other item 0.7100"; else empty."""
-        return "" if self.cohort is None else f", best other item {self.cohort:.4f}"
+    def evidence_note(self) -> str:
+        """The other evidence: ", best other item 0.7100" where the cohort was needed, and
+        ", learned 0.912" where the learned descriptor was computed; else empty."""
+        cohort = "" if self.cohort is None else f", best other item {self.cohort:.4f}"
+        return cohort + ("" if self.learned is None else f", learned {self.learned:.3f}")
 
     @property
     def how(self) -> str:
@@ -219,6 +222,7 @@ def find_overlaps(
                 int(view[k]),
                 int(window[k]),
                 None if np.isnan(cohort[k]) else float(cohort[k]),
+                None if np.isnan(learned[k]) else float(learned[k]),
             )
     for row, (pixels, data) in enumerate(zip(pixel_sha, byte_sha, strict=True)):
         item, reason = index.byte_sha.get(data), "exact-bytes"

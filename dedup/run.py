@@ -210,7 +210,7 @@ def dedup_pool(
             "eval_similarity": ov.similarity,
             "status_reason": ov.reason
             if ov.alignment is None
-            else f"{ov.reason} {ov.alignment:.4f}{ov.cohort_note} ({ov.how})",
+            else f"{ov.reason} {ov.alignment:.4f}{ov.evidence_note} ({ov.how})",
         }
         result.overlaps[shas[row]] = evalset.ids[ov.eval_item]
         result.overlap_kinds[shas[row]] = decontaminate.edit_kind(ov)
