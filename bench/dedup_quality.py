@@ -91,7 +91,7 @@ def build_pool(
 
 
 TARGET = 0.95  # recall, every family alone and in pairs
-COHORT_WEIGHTS = (0.0, 0.1, 0.2, 0.3)  # threshold change per unit of cohort alignment (tuning)
+COHORT_WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.6)  # threshold change per unit of cohort alignment (tuning)
 FP_TARGET = 0.001
 
 
@@ -123,10 +123,11 @@ def main() -> None:
     parser.add_argument("--radius", type=int, default=defaults.radius)
     parser.add_argument("--sim", type=float, default=defaults.similarity)
     parser.add_argument(
-        "--verify-sim",
+        "--tune-from",
         type=float,
-        help="verification threshold (default: DedupOptions'); a lower one also computes the "
-        "cohort of every pair from there up, so the tuning table is exact from there up",
+        help="for tuning: verify at this (lower) threshold and align every pair from there up "
+        "with its cohort, so each row of the tuning table from there up is exact (the recall "
+        "table then shows this threshold, not the default)",
     )
     parser.add_argument("--network", default=defaults.network)
     parser.add_argument("--teacher", help="embed with this teacher checkpoint's pooled features")
@@ -211,6 +212,7 @@ def main() -> None:
             window=c.window,
             cohort=c.cohort,
             learned=c.learned,
+            learned_other=c.learned_other,
             url=np.array(urls),
             source=sources(urls, truth),
             kind=np.array([truth[u][0] for u in urls]),
@@ -354,8 +356,14 @@ def options(args):
     """The dedup options this bench varies; the rest are DedupOptions' defaults."""
     from dedup.options import DedupOptions
 
-    chosen = {} if args.verify_sim is None else {"verify_sim": args.verify_sim}
-    return DedupOptions(radius=args.radius, similarity=args.sim, **chosen)
+    if args.tune_from is None:
+        return DedupOptions(radius=args.radius, similarity=args.sim)
+    from dedup import decontaminate
+
+    # dedup aligns only the pairs whose decision a cohort can change at ITS threshold; the
+    # table's higher thresholds need the pairs above that too
+    decontaminate._needs_cohort = lambda align, *rest: align >= args.tune_from
+    return DedupOptions(radius=args.radius, similarity=args.sim, verify_sim=args.tune_from)
 
 
 def network(args):
@@ -377,25 +385,40 @@ def sources(urls, truth) -> np.ndarray:
 
 def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
     """FP rate and the lowest recall over families alone and over families in pairs, for a
-    grid of verification thresholds (the hash-assisted threshold kept): choose on the tune
-    split, then read the same row of the report split."""
-    from dedup.decontaminate import accepts
+    grid of verification thresholds x cohort weights, then of learned-evidence thresholds at
+    the defaults (the hash-assisted threshold kept): choose on the tune split, then read the
+    same row of the report split."""
+    from dedup import decontaminate
+    from dedup.options import DedupOptions
 
+    settings = [
+        (f"verify_sim {vs} cohort {w}", {"verify_sim": vs, "cohort_weight": w})
+        for vs, w in itertools.product((0.90, 0.91, 0.92, 0.93, 0.94, 0.95), COHORT_WEIGHTS)
+    ]
+    settings.append(("learned evidence off", {"learned_sure": 2.0}))
+    settings += [
+        (f"learned >= {t} from {a}", {"learned_sure": t, "verify_sim_learned": a})
+        for t, a in itertools.product((0.75, 0.8, 0.85), (0.89, 0.9, 0.91))
+    ]
     kinds = np.array([truth[u][0] for u in urls])
     source = sources(urls, truth)
     alone = list(web_edits.FAMILIES)
     paired = ["+".join(p) for p in web_edits.pairs()]
+    defaults = {"verify_sim": DedupOptions().verify_sim}
     print(f"\nverification thresholds (hash-assisted threshold {sim_hash})")
     print(
-        f"(cohorts were aligned for pairs from {lowest} up: rows with a lower verify_sim miss "
-        "the rise of the pairs below that, so they overstate both recall and FP)"
+        f"(cohorts aligned for pairs from {lowest} up to where the run's threshold no longer "
+        "depends on them: only the rows at the run's settings, or with --tune-from every row "
+        "from there up, are exact)"
     )
     print(
-        f"{'verify_sim':>10} {'cohort':>6} {'split':>6} {'FP':>8} {'min alone':>10} "
-        f"{'family':>13} {'min in pairs':>12} family"
+        f"{'setting':<28} {'split':>6} {'FP':>8} {'min alone':>10} {'family':>13} "
+        f"{'min in pairs':>12} family"
     )
-    for vs, weight in itertools.product((0.90, 0.91, 0.92, 0.93, 0.94, 0.95), COHORT_WEIGHTS):
-        ok = accepts(
+    for label, chosen in settings:
+        kw = {**defaults, **chosen}
+        vs = kw.pop("verify_sim")
+        ok = decontaminate.accepts(
             cand.alignment,
             cand.hamming,
             cand.window,
@@ -403,7 +426,9 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
             radius,
             vs,
             min(vs, sim_hash),
-            cohort_weight=weight,
+            learned=cand.learned,
+            learned_other=cand.learned_other,
+            **kw,
         )
         for split in ("tune", "report"):
             mine = np.array([split_of(u) == split for u in urls])
@@ -423,7 +448,7 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
             }
             wp = min(in_pairs, key=in_pairs.get)
             print(
-                f"{vs:>10} {weight:>6} {split:>6} {len(clean) / n_clean:>8.5f} {rec[worst]:>10.3f} "
+                f"{label:<28} {split:>6} {len(clean) / n_clean:>8.5f} {rec[worst]:>10.3f} "
                 f"{worst:>13} {in_pairs[wp]:>12.3f} {wp}"
             )
 
@@ -435,7 +460,15 @@ def miss_table(cand, urls, truth, radius, verify_sim, sim_hash) -> None:
     from dedup.decontaminate import accepts
 
     ok = accepts(
-        cand.alignment, cand.hamming, cand.window, cand.cohort, radius, verify_sim, sim_hash
+        cand.alignment,
+        cand.hamming,
+        cand.window,
+        cand.cohort,
+        radius,
+        verify_sim,
+        sim_hash,
+        learned=cand.learned,
+        learned_other=cand.learned_other,
     )
     source = sources(urls, truth)
     own = source[cand.row] == cand.item

@@ -62,26 +62,28 @@ def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndar
     return _top_per_group(row[keep], item[keep], sim[keep], TOP_ITEMS)
 
 
-def net_candidates(index, net: np.ndarray, progress: bool = False):
-    """(pool row, item) candidate pairs from the learned descriptor (dedup/copy_net.py): the
-    NET_TOP items nearest each pool row's descriptor in `net` (by the item or its mirror, in
-    `index.net`), similarity >= NET_FLOOR."""
+def learned_nearest(index, net: np.ndarray, progress: bool = False):
+    """(pool row, item, similarity): the NET_TOP evaluation items nearest each pool row's learned
+    descriptor in `net` (dedup/copy_net.py; by the item or its mirror, in `index.net`), best
+    first. Those at NET_FLOOR or above are candidates; the runner-up tells how much the best
+    stands out."""
     from dedup import copy_net
 
-    out = [
-        _first_items(found.query, found.db // copy_net.PER_ITEM, NET_TOP)
-        for found in embeddings.similar_chunks(
-            index.net,
-            net,
-            NET_FLOOR,
-            k=copy_net.PER_ITEM * NET_TOP,
-            nprobe=NPROBE,
-            progress=progress,
-            desc="overlap learned",
-        )
-    ]
+    out = []
+    for found in embeddings.similar_chunks(
+        index.net,
+        net,
+        -1.0,
+        k=copy_net.PER_ITEM * NET_TOP,
+        nprobe=NPROBE,
+        progress=progress,
+        desc="overlap learned",
+    ):
+        item = found.db // copy_net.PER_ITEM
+        keep = _first_places(found.query, item, NET_TOP)
+        out.append((found.query[keep], item[keep], found.sim[keep]))
     if not out:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     return tuple(np.concatenate(a) for a in zip(*out, strict=True))
 
 
@@ -108,11 +110,16 @@ def _top_per_group(group, item, sim, top):
 def _first_items(group, item, top):
     """The first `top` distinct items of each group, for pairs ordered by group and, within a
     group, best first (as a FAISS search returns them)."""
+    keep = _first_places(group, item, top)
+    return group[keep], item[keep]
+
+
+def _first_places(group, item, top) -> np.ndarray:
+    """The positions of those pairs (_first_items)."""
     key = group * (int(item.max(initial=0)) + 1) + item
     first = np.sort(np.unique(key, return_index=True)[1])  # stable: each pair's first place
-    group, item = group[first], item[first]
-    rank = np.arange(len(group)) - np.searchsorted(group, group, side="left")
-    return group[rank < top], item[rank < top]
+    rank = np.arange(len(first)) - np.searchsorted(group[first], group[first], side="left")
+    return first[rank < top]
 
 
 @functools.cache

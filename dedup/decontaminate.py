@@ -57,6 +57,9 @@ PAIR_CHUNK = 50_000
 COHORT = 8  # other items each grey-zone pool view is aligned with
 COHORT_WEIGHT = 0.3  # threshold rise per unit of the cohort's best alignment ...
 COHORT_START = 0.8  # ... above this one
+LEARNED_SURE = 0.75  # a learned-descriptor similarity (dedup/copy_net.py) this high ...
+LEARNED_GAP = 0.1  # ... and this far above the pool image's next nearest item ...
+VERIFY_SIM_LEARNED = 0.89  # ... lets a pair match from this alignment
 
 
 def variants(img: Image.Image, crops: bool = True) -> list[Image.Image]:
@@ -147,13 +150,18 @@ class Overlap:
     window: int | None = None  # the best window (dedup/verify.py window_shape)
     cohort: float | None = None  # best alignment with another item (None: not needed)
     learned: float | None = None  # learned-descriptor similarity (dedup/copy_net.py)
+    learned_other: float | None = None  # ... of the pool image's nearest other item
 
     @property
     def evidence_note(self) -> str:
         """The other evidence: ", best other item 0.7100" where the cohort was needed, and
-        ", learned 0.912" where the learned descriptor was computed; else empty."""
-        cohort = "" if self.cohort is None else f", best other item {self.cohort:.4f}"
-        return cohort + ("" if self.learned is None else f", learned {self.learned:.3f}")
+        ", learned 0.912 (next item 0.650)" where the learned descriptor was computed."""
+        out = "" if self.cohort is None else f", best other item {self.cohort:.4f}"
+        if self.learned is not None:
+            out += f", learned {self.learned:.3f}"
+        if self.learned_other is not None:
+            out += f" (next item {self.learned_other:.3f})"
+        return out
 
     @property
     def how(self) -> str:
@@ -174,6 +182,7 @@ class Candidates:
     window: np.ndarray  # the best window (dedup/verify.py describe)
     cohort: np.ndarray  # best alignment with a cohort item, NaN outside the grey zone
     learned: np.ndarray  # learned-descriptor similarity (dedup/copy_net.py), NaN without one
+    learned_other: np.ndarray  # ... of the pool image's nearest other item
 
 
 def find_overlaps(
@@ -197,16 +206,37 @@ def find_overlaps(
     the same way; `copy` holds each pool row's view_descriptors (dedup/views.py);
     `load_views(rows)` returns the 32x32 uint8 thumbnails of the rows' views and, for each, its
     position in `rows`; `net` holds each pool row's learned descriptor (dedup/copy_net.py)."""
+    nearest = None
+    if net is not None and index.net is not None and len(net):
+        nearest = copy_search.learned_nearest(index, net, progress)
     rows, items = _candidate_pairs(
-        index, codes, features, copy, net, candidate_sim, method, progress
+        index, codes, features, copy, nearest, candidate_sim, method, progress
     )
     ham, sim = _pair_scores(index, codes, features, rows, items)
     learned = _learned_similarity(index, net, rows, items)
-    grey = _grey_zone(min(verify_sim, verify_sim_hash), verify_sim)
+    learned_other = _learned_runner_up(nearest, rows, items)
     align, view, window, cohort = _best_view_alignment(
-        index, rows, items, load_views, grey, verify_sim, progress
+        index,
+        rows,
+        items,
+        load_views,
+        lambda a: _needs_cohort(
+            a, ham, learned, learned_other, radius, verify_sim, verify_sim_hash
+        ),
+        verify_sim,
+        progress,
     )
-    accept = accepts(align, ham, window, cohort, radius, verify_sim, verify_sim_hash)
+    accept = accepts(
+        align,
+        ham,
+        window,
+        cohort,
+        radius,
+        verify_sim,
+        verify_sim_hash,
+        learned=learned,
+        learned_other=learned_other,
+    )
     out: dict[int, Overlap] = {}
     order = np.argsort(-align, kind="stable")
     for k in order[accept[order]]:
@@ -223,6 +253,7 @@ def find_overlaps(
                 int(window[k]),
                 None if np.isnan(cohort[k]) else float(cohort[k]),
                 None if np.isnan(learned[k]) else float(learned[k]),
+                None if np.isnan(learned_other[k]) else float(learned_other[k]),
             )
     for row, (pixels, data) in enumerate(zip(pixel_sha, byte_sha, strict=True)):
         item, reason = index.byte_sha.get(data), "exact-bytes"
@@ -231,7 +262,9 @@ def find_overlaps(
         if item is not None:
             h, s = _pair_scores(index, codes, features, np.array([row]), np.array([item]))
             out[row] = Overlap(item, reason, int(h[0]), None if s is None else float(s[0]), None)
-    return out, Candidates(rows, items, ham, sim, align, view, window, cohort, learned)
+    return out, Candidates(
+        rows, items, ham, sim, align, view, window, cohort, learned, learned_other
+    )
 
 
 def accepts(
@@ -244,22 +277,55 @@ def accepts(
     verify_sim_hash: float,
     moved_margin: float = MOVED_MARGIN,
     cohort_weight: float = COHORT_WEIGHT,
+    learned: np.ndarray | None = None,
+    learned_other: np.ndarray | None = None,
+    learned_sure: float = LEARNED_SURE,
+    verify_sim_learned: float = VERIFY_SIM_LEARNED,
 ) -> np.ndarray:
-    """Which verified pairs match: alignment >= verify_sim, or >= verify_sim_hash with the
-    hash within `radius`; `moved_margin` more when the best window is cropped or turned (one
+    """Which verified pairs match: alignment >= the least threshold that applies to the pair
+    (_least_threshold; the learned descriptor's backing counts only where the cohort stays
+    below COHORT_START); `moved_margin` more when the best window is cropped or turned (one
     of many windows tried, so an unrelated image reaches a high score there more easily), and
     `cohort_weight` x (cohort - COHORT_START) more where that is positive (cohort NaN: the
     pair has none, no rise)."""
     rise = np.nan_to_num(cohort_weight * np.maximum(cohort - COHORT_START, 0), nan=0.0)
     need = moved_margin * _moved(window) + rise
-    return (align >= verify_sim + need) | ((ham <= radius) & (align >= verify_sim_hash + need))
+    sure = _learned_sure(learned, learned_other, learned_sure)
+    if sure is not None:  # not for bland images, which line up with other items too
+        sure &= ~(np.nan_to_num(cohort, nan=-1.0) >= COHORT_START)
+    least = _least_threshold(ham, sure, radius, verify_sim, verify_sim_hash, verify_sim_learned)
+    return align >= least + need
 
 
-def _grey_zone(lowest: float, verify_sim: float) -> tuple[float, float]:
-    """The alignments whose decision a cohort can change: from the lowest threshold to
-    verify_sim raised as far as the best possible cohort (1.0) raises it, plus the moved
-    margin."""
-    return lowest, verify_sim + MOVED_MARGIN + COHORT_WEIGHT * (1 - COHORT_START)
+def _learned_sure(learned, learned_other, learned_sure=LEARNED_SURE) -> np.ndarray | None:
+    """Whether the learned descriptor backs each pair: similarity >= learned_sure, and
+    LEARNED_GAP above the pool image's nearest other item (a bland image is near many)."""
+    if learned is None:
+        return None
+    other = np.full(len(learned), np.nan) if learned_other is None else learned_other
+    learned, other = np.nan_to_num(learned, nan=-2.0), np.nan_to_num(other, nan=-1.0)
+    return (learned >= learned_sure) & (learned - other >= LEARNED_GAP)
+
+
+def _least_threshold(ham, sure, radius, verify_sim, verify_sim_hash, verify_sim_learned):
+    """Per pair: verify_sim; verify_sim_hash when the hash is also within `radius`;
+    verify_sim_learned where the learned descriptor is `sure` (a second, independent piece of
+    evidence lowers the alignment a match needs)."""
+    least = np.where(ham <= radius, min(verify_sim, verify_sim_hash), verify_sim)
+    if sure is not None:
+        least = np.where(sure, np.minimum(least, verify_sim_learned), least)
+    return least
+
+
+def _needs_cohort(align, ham, learned, learned_other, radius, verify_sim, verify_sim_hash):
+    """The pairs whose decision a cohort can change: alignment from the least threshold that
+    applies to the pair up to verify_sim raised as far as the best possible cohort (1.0)
+    raises it, plus the moved margin."""
+    sure = _learned_sure(learned, learned_other)
+    least = _least_threshold(ham, sure, radius, verify_sim, verify_sim_hash, VERIFY_SIM_LEARNED)
+    return (align >= least) & (
+        align < verify_sim + MOVED_MARGIN + COHORT_WEIGHT * (1 - COHORT_START)
+    )
 
 
 def _moved(window: np.ndarray) -> np.ndarray:
@@ -268,11 +334,14 @@ def _moved(window: np.ndarray) -> np.ndarray:
     return (crop > 0) | (angle != 0)
 
 
-def _best_view_alignment(index, rows, items, load_views, grey, same_picture, progress):
+def _best_view_alignment(index, rows, items, load_views, needs_cohort, same_picture, progress):
     """Alignment of each (pool row, item) pair, the best over the row's views, what the
-    best view and window say about the copy (dedup/verify.py describe), and, for pairs whose
-    alignment lies in the `grey` (low, high) zone, the best view's cohort alignment (items
-    aligned with the pair's item at `same_picture` left out)."""
+    best view and window say about the copy (dedup/verify.py describe), and, for the pairs
+    `needs_cohort(alignments)` picks, the best view's cohort alignment (items aligned with the
+    pair's item at `same_picture` left out)."""
+    if not len(rows):
+        none = np.zeros(0, np.int64)
+        return np.zeros(0, np.float32), none, none, np.zeros(0, np.float32)
     need = np.unique(rows)
     thumbs, owner = load_views(need)
     # every view of each candidate row against each of the row's items
@@ -295,7 +364,7 @@ def _best_view_alignment(index, rows, items, load_views, grey, same_picture, pro
     top = order[last]
     align = score[top]
     cohort = np.full(len(rows), np.nan, np.float32)
-    zone = np.nonzero((align >= grey[0]) & (align < grey[1]))[0]
+    zone = np.nonzero(needs_cohort(align))[0]
     if len(zone):
         best_thumbs = thumbs[first[local[zone]] + rank[top[zone]]]
         cohort[zone] = _cohort_alignment(index, best_thumbs, items[zone], same_picture, progress)
@@ -353,7 +422,7 @@ def _ranks_within(counts: np.ndarray) -> np.ndarray:
     return np.arange(int(counts.sum())) - starts
 
 
-def _candidate_pairs(index, codes, features, copy, net, candidate_sim, method, progress=False):
+def _candidate_pairs(index, codes, features, copy, nearest, candidate_sim, method, progress=False):
     """Unique (pool row, evaluation item) pairs from the copy descriptors' nearest items, the
     learned descriptor's nearest items, the loose hash radius and the feature similarity."""
     rows, items = [], []
@@ -361,10 +430,10 @@ def _candidate_pairs(index, codes, features, copy, net, candidate_sim, method, p
         row, item = copy_search.candidates(index, copy, progress)
         rows.append(row)
         items.append(item)
-    if net is not None and index.net is not None and len(net):
-        row, item = copy_search.net_candidates(index, net, progress)
-        rows.append(row)
-        items.append(item)
+    if nearest is not None:
+        row, item, sim = nearest
+        rows.append(row[sim >= copy_search.NET_FLOOR])
+        items.append(item[sim >= copy_search.NET_FLOOR])
     if features is not None and index.features is not None:
         found = embeddings.similar(
             index.features, features, candidate_sim, progress=progress, desc="overlap features"
@@ -386,6 +455,21 @@ def _candidate_pairs(index, codes, features, copy, net, candidate_sim, method, p
         return np.empty(0, np.int64), np.empty(0, np.int64)
     pairs = np.unique(np.stack([np.concatenate(rows), np.concatenate(items)], 1), axis=0)
     return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+
+
+def _learned_runner_up(nearest, rows, items) -> np.ndarray:
+    """For each (pool row, item) pair, the learned similarity of the row's nearest other item
+    (from the NET_TOP nearest; NaN without the learned descriptor)."""
+    out = np.full(len(rows), np.nan, np.float32)
+    if nearest is None:
+        return out
+    near_row, near_item, near_sim = nearest
+    at = np.searchsorted(near_row, rows)  # the row's best, then its second best
+    for rank in (1, 0):  # the best other: the first whose item is not the pair's own
+        k = np.minimum(at + rank, len(near_row) - 1)
+        other = (near_row[k] == rows) & (near_item[k] != items)
+        out[other] = near_sim[k[other]]
+    return out
 
 
 def _learned_similarity(index, net, rows, items) -> np.ndarray:

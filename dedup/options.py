@@ -45,6 +45,13 @@ class DedupOptions(BaseModel, extra="forbid"):
         "images needs more (dedup/decontaminate.py); -1 accepts every candidate",
         json_schema_extra={"metavar": "V"},
     )
+    learned: bool = Field(
+        True,
+        description="use the learned copy descriptor (dedup/copy_net.py) against the evaluation "
+        "set: the items it puts nearest a pool image become overlap candidates, and a candidate "
+        "it rates >= 0.75 needs alignment 0.89 at most (--no-learned: neither, and it is not "
+        "computed)",
+    )
     network: Network = Field(
         "thumbnail-8",
         description="feature network used when no --teacher is given",

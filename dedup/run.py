@@ -109,12 +109,18 @@ def dedup_pool(
         "candidate_sim": decontaminate.CANDIDATE_SIM if extractor is not None else None,
         "copy_top_items": copy_search.TOP_ITEMS,
         "copy_floor": copy_search.FLOOR,
-        "learned_descriptor": copy_net.key() if evalset is not None else None,
+        "learned_descriptor": copy_net.key() if evalset is not None and opts.learned else None,
         "learned_top_items": copy_search.NET_TOP,
         "learned_floor": copy_search.NET_FLOOR,
         "verify_sim": verify_sim,
         "verify_sim_with_hash": min(verify_sim, decontaminate.VERIFY_SIM_HASH),
         "verify_margin_moved": decontaminate.MOVED_MARGIN,
+        "verify_learned": {
+            "similarity": decontaminate.LEARNED_SURE,
+            "verify_sim": min(verify_sim, decontaminate.VERIFY_SIM_LEARNED),
+        }
+        if evalset is not None and opts.learned
+        else None,
         "verify_cohort": {
             "items": decontaminate.COHORT,
             "weight": decontaminate.COHORT_WEIGHT,
@@ -123,7 +129,7 @@ def dedup_pool(
         "embedding_duplicates_verified": extractor is not None,
     }
 
-    learned = evalset is not None  # the learned descriptor only proposes overlap candidates
+    learned = evalset is not None and opts.learned  # it only serves decontamination
     hashes, features, copies, nets, failed = _compute(
         pool, scope, extractor, model_key, learned, progress, result
     )

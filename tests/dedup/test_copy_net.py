@@ -79,10 +79,12 @@ def test_turned_letterboxed_copies_are_candidates_only_through_the_learned_descr
         index, np.stack([views.view_descriptors(c) for c in copies])
     )
     by_copy_descriptors = own & set(zip(rows.tolist(), found.tolist(), strict=True))
-    rows, found = copy_search.net_candidates(index, copy_net.describe(squashed(copies)))
-    by_learned = own & set(zip(rows.tolist(), found.tolist(), strict=True))
+    rows, found, sim = copy_search.learned_nearest(index, copy_net.describe(squashed(copies)))
+    assert copy_search.NET_TOP == 2 and np.all(np.bincount(rows) == 2)  # two nearest per row,
+    assert np.all(sim[0::2] >= sim[1::2]) and np.all(found[0::2] != found[1::2])  # best first
+    keep = sim >= copy_search.NET_FLOOR
+    by_learned = own & set(zip(rows[keep].tolist(), found[keep].tolist(), strict=True))
     assert len(by_copy_descriptors) <= 2 and len(by_learned) >= 18
-    assert np.bincount(rows).max() <= copy_search.NET_TOP
 
 
 def test_broken_weights_stop_dedup_with_a_clear_error_and_leave_the_manifest(tmp_path, monkeypatch):

@@ -62,7 +62,7 @@ def test_flags_have_the_models_defaults_and_reach_every_field():
         assert actions[name].help.endswith(f"(default: {shown})"), name
     every = [
         "--radius", "6", "--sim", "0.9", "--verify-sim", "0.5", "--network", "thumbnail-16",
-        "--no-embeddings", "--hash", "dhash", "--index", "ivf", "--no-eval-crops",
+        "--no-embeddings", "--hash", "dhash", "--index", "ivf", "--no-eval-crops", "--no-learned",
     ]  # fmt: skip
     given = from_args(DedupOptions, parser.parse_args(["dedup", "P", *every]), "x")
     assert all(getattr(given, f) != getattr(defaults, f) for f in DedupOptions.model_fields)

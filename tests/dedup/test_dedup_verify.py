@@ -64,9 +64,12 @@ def test_verification_decides_which_candidates_become_overlaps(tmp_path):
     cand = result.candidates
     assert len(cand.row) >= 2 and cand.alignment.max() < 1.0
 
-    # the same candidates with a stricter verification threshold: alignment alone accepts
-    # nothing; only a candidate whose hash is identical to a variant's is still confirmed
-    strict = dedup_pool(pool.root, Opts(radius=0, verify_sim=1.0), eval_set=tmp_path / "eval.npz")
+    # the same candidates with a stricter verification threshold and no learned evidence:
+    # alignment alone accepts nothing; only a candidate whose hash is identical to a variant's
+    # is still confirmed
+    strict = dedup_pool(
+        pool.root, Opts(radius=0, verify_sim=1.0, learned=False), eval_set=tmp_path / "eval.npz"
+    )
     assert np.array_equal(strict.candidates.row, cand.row)
     rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
     assert rows[added[0]]["status"] == "kept"  # its hash is 10 bits away
@@ -240,8 +243,9 @@ def test_a_bland_image_needs_more_alignment_than_a_detailed_copy(tmp_path):
     result = dedup_pool(pool.root, Opts(embeddings=False), eval_set=tmp_path / "eval.npz")
     cand = result.candidates
     args = (cand.alignment, cand.hamming, cand.window, cand.cohort, 4, 0.93, 0.93)
+    learned = {"learned": cand.learned, "learned_other": cand.learned_other}
     is_bland = cand.row < len(bland)
-    without_cohort = np.unique(cand.row[accepts(*args, cohort_weight=0) & is_bland])
+    without_cohort = np.unique(cand.row[accepts(*args, cohort_weight=0, **learned) & is_bland])
     rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
     flagged = [rows[s]["status"] == "test_overlap" for s in added]
     assert sum(flagged[: len(bland)]) < len(without_cohort) / 2, (flagged, without_cohort)
