@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from dedup import copy_net, copy_search, decontaminate, views
 from dedup.errors import DedupError
@@ -15,7 +15,7 @@ from dedup.evalset import load_eval_set
 from dedup.options import DedupOptions
 from dedup.run import dedup_pool
 from pool.store import NewImage, Pool
-from tests.dedup.dedup_testkit import encode, textured
+from tests.dedup.dedup_testkit import crop, encode, textured
 from tests.dedup.test_dedup_web_edits import (
     captioned,
     framed,
@@ -136,3 +136,35 @@ def test_pool_descriptors_are_cached_so_a_rerun_describes_only_the_evaluation_it
     described.clear()
     dedup_pool(pool.root, DedupOptions(), eval_set=tmp_path / "eval.npz")
     assert described == [4 * copy_net.PER_ITEM]
+
+
+def retouched(img: Image.Image, blur: float) -> bytes:
+    """A heavy repost: cropped, captioned, a yellow slogan across it, washed-out colour, blur,
+    JPEG 25: its alignment with the source falls to 0.86-0.95."""
+    img = captioned(crop(img, 0.1, 0.3, 0.7))
+    ImageDraw.Draw(img).text((10, 40), "SALE 2026", fill=(255, 255, 0), font_size=18)
+    img = ImageEnhance.Brightness(ImageEnhance.Color(img).enhance(0.4)).enhance(1.25)
+    return encode(img.filter(ImageFilter.GaussianBlur(blur)), "JPEG", quality=25)
+
+
+def test_the_learned_descriptor_backs_heavily_retouched_copies_and_no_unrelated_image(tmp_path):
+    originals = [textured(2000 + k) for k in range(60)]
+    np.savez(tmp_path / "eval.npz", x=np.stack([np.asarray(o) for o in originals]))
+    pool = Pool.create(tmp_path / "pool")
+    copies = [retouched(originals[k], 0.5 + 0.05 * k) for k in range(40)]
+    unrelated = [encode(textured(7000 + k).resize((96, 96))) for k in range(30)]
+    urls = [f"http://x/copy{k}" for k in range(40)] + [f"http://x/other{k}" for k in range(30)]
+    pool.add([NewImage(d, url=u) for d, u in zip(copies + unrelated, urls, strict=True)])
+
+    flagged = {}
+    for learned in (False, True):
+        dedup_pool(pool.root, DedupOptions(learned=learned), eval_set=tmp_path / "eval.npz")
+        rows = [r for r in pool.manifest().to_pylist() if r["status"] == "test_overlap"]
+        assert all(r["url"] == f"http://x/copy{r['eval_match'].split('#')[1]}" for r in rows)
+        flagged[learned] = {r["url"]: r["status_reason"] for r in rows}
+    assert set(flagged[False]) <= set(flagged[True])
+    assert len(flagged[True]) >= len(flagged[False]) + 3, flagged
+    backed = [flagged[True][u] for u in set(flagged[True]) - set(flagged[False])]
+    # each one more is a copy whose alignment fell short of 0.93 (plus the margin for a moved
+    # window), with the learned similarity in its reason
+    assert all(float(r.split()[1].rstrip(",")) < 0.95 and ", learned 0." in r for r in backed)
