@@ -195,7 +195,10 @@ def main() -> None:
         f"(>= {s['verify_sim_with_hash']} with hash <= {s['radius']}), "
         f"{s['verify_margin_moved']} more for a cropped or turned window, "
         f"{s['verify_cohort']['weight']} x (best alignment with {s['verify_cohort']['items']} "
-        f"other items - {s['verify_cohort']['start']}) more where positive"
+        f"other items - {s['verify_cohort']['start']}) more where positive; >= "
+        f"{(s['verify_learned'] or {}).get('verify_sim')} where the learned similarity is >= "
+        f"{(s['verify_learned'] or {}).get('similarity')}, 0.1 above the next item's, and the "
+        "best other item stays below the cohort start"
     )
     print(f"pool of {len(rows)} images built in {built:.0f} s; dedup in {elapsed:.0f} s")
     print(f"verified candidate pairs: {len(result.candidates.row)}\n")
@@ -227,9 +230,9 @@ def main() -> None:
         f"pool pairs linked only by features (>= {args.sim}): {pairs['checked']}, of which "
         f"the alignment check confirmed {pairs['confirmed']} as duplicates"
     )
-    tuning_table(
-        result.candidates, urls, truth, args.radius, VERIFY_SIM_HASH, s["verify_sim_with_hash"]
-    )
+    learned = s["verify_learned"] or {}
+    lowest = min(s["verify_sim_with_hash"], learned.get("verify_sim", 1.0))
+    tuning_table(result.candidates, urls, truth, args.radius, VERIFY_SIM_HASH, lowest)
     miss_table(
         result.candidates, urls, truth, args.radius, s["verify_sim"], s["verify_sim_with_hash"]
     )
