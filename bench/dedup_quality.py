@@ -197,7 +197,8 @@ def main() -> None:
         f"{s['verify_cohort']['weight']} x (best alignment with {s['verify_cohort']['items']} "
         f"other items - {s['verify_cohort']['start']}) more where positive; >= "
         f"{(s['verify_learned'] or {}).get('verify_sim')} where the learned similarity is >= "
-        f"{(s['verify_learned'] or {}).get('similarity')}, 0.1 above the next item's, and the "
+        f"{(s['verify_learned'] or {}).get('similarity')} and "
+        f"{(s['verify_learned'] or {}).get('above_next_item')} above the next item's, and the "
         "best other item stays below the cohort start"
     )
     print(f"pool of {len(rows)} images built in {built:.0f} s; dedup in {elapsed:.0f} s")

@@ -117,6 +117,7 @@ def dedup_pool(
         "verify_margin_moved": decontaminate.MOVED_MARGIN,
         "verify_learned": {
             "similarity": decontaminate.LEARNED_SURE,
+            "above_next_item": decontaminate.LEARNED_GAP,
             "verify_sim": min(verify_sim, decontaminate.VERIFY_SIM_LEARNED),
         }
         if evalset is not None and opts.learned
