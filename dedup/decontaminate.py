@@ -13,8 +13,10 @@ is within CANDIDATE_RADIUS (inclusive) of one of the item's codes, or when its f
 
 Verification (dedup/verify.py): a candidate pair is a match when a view of the pool image lines
 up with a window of the evaluation image (cropped, turned, mirrored), with an alignment score
->= `verify_sim`, or >= `verify_sim_hash` when the hash is also within `radius` (two independent
-pieces of evidence). Same bytes or same pixels always match.
+>= `verify_sim`, or >= `verify_sim_hash` when the hash is also within `radius`, or
+>= VERIFY_SIM_LEARNED when the learned descriptor rates the pair >= LEARNED_SURE and LEARNED_GAP
+above the image's next nearest item (two independent pieces of evidence). Same bytes or same
+pixels always match.
 
 The threshold rises for a pool image that lines up well with other items (its cohort: the
 COHORT items nearest its view by copy descriptor, its own candidate left out): a plain or
