@@ -205,18 +205,9 @@ def main() -> None:
     print(f"verified candidate pairs: {len(result.candidates.row)}\n")
     summary = recall_table(rows, truth)
     if args.candidates:
-        c = result.candidates
         np.savez(
             args.candidates,
-            row=c.row,
-            item=c.item,
-            hamming=c.hamming,
-            alignment=c.alignment,
-            view=c.view,
-            window=c.window,
-            cohort=c.cohort,
-            learned=c.learned,
-            learned_other=c.learned_other,
+            **{k: v for k, v in vars(result.candidates).items() if v is not None},
             url=np.array(urls),
             source=sources(urls, truth),
             kind=np.array([truth[u][0] for u in urls]),

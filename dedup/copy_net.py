@@ -108,7 +108,8 @@ def item_descriptors(squashed: list[np.ndarray]) -> np.ndarray:
     mirror (rows 2i, 2i+1)."""
     if not squashed:
         return np.zeros((0, DIM), np.float32)
-    both = np.stack([np.stack(squashed), np.stack(squashed)[:, :, ::-1]], 1)
+    images = np.stack(squashed)
+    both = np.stack([images, images[:, :, ::-1]], 1)
     return describe(both.reshape(-1, SIDE, SIDE, 3))
 
 

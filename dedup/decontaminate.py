@@ -102,6 +102,7 @@ def prepare(
     extractor=None,
     crops: bool = True,
     progress: bool = False,
+    learned: bool = True,
 ) -> EvalIndex:
     hash_fn = HASH_KINDS[hash_kind]
     size = getattr(extractor, "input_size", 32)
@@ -112,7 +113,8 @@ def prepare(
         img = evalset.load(i)
         pixel_sha.setdefault(pixel_digest(img), i)
         own.append(np.asarray(resize_center_crop(img, verify.SIZE)))
-        whole.append(copy_net.squash(img))
+        if learned:
+            whole.append(copy_net.squash(img))
         vs = variants(img, crops)
         per_item = len(vs)
         hexes.extend(str(hash_fn(v)) for v in vs)
@@ -137,7 +139,7 @@ def prepare(
         features,
         per_item,
         np.stack(own),
-        copy_net.item_descriptors(whole),
+        copy_net.item_descriptors(whole) if learned else None,
     )
 
 
@@ -434,8 +436,9 @@ def _candidate_pairs(index, codes, features, copy, nearest, candidate_sim, metho
         items.append(item)
     if nearest is not None:
         row, item, sim = nearest
-        rows.append(row[sim >= copy_search.NET_FLOOR])
-        items.append(item[sim >= copy_search.NET_FLOOR])
+        close = sim >= copy_search.NET_FLOOR
+        rows.append(row[close])
+        items.append(item[close])
     if features is not None and index.features is not None:
         found = embeddings.similar(
             index.features, features, candidate_sim, progress=progress, desc="overlap features"
@@ -463,7 +466,7 @@ def _learned_runner_up(nearest, rows, items) -> np.ndarray:
     """For each (pool row, item) pair, the learned similarity of the row's nearest other item
     (from the NET_TOP nearest; NaN without the learned descriptor)."""
     out = np.full(len(rows), np.nan, np.float32)
-    if nearest is None:
+    if nearest is None or not len(nearest[0]):
         return out
     near_row, near_item, near_sim = nearest
     at = np.searchsorted(near_row, rows)  # the row's best, then its second best

@@ -93,6 +93,7 @@ def dedup_pool(
     scope = table.filter(pc.not_equal(table["status"], "invalid"))
     shas = scope["sha256"].to_pylist()
     result = DedupResult(pool=pool, eval_loader=evalset)
+    learned = evalset is not None and opts.learned  # it only serves decontamination
     result.settings = {
         "hash": opts.hash,
         "radius": radius,
@@ -109,7 +110,7 @@ def dedup_pool(
         "candidate_sim": decontaminate.CANDIDATE_SIM if extractor is not None else None,
         "copy_top_items": copy_search.TOP_ITEMS,
         "copy_floor": copy_search.FLOOR,
-        "learned_descriptor": copy_net.key() if evalset is not None and opts.learned else None,
+        "learned_descriptor": copy_net.key() if learned else None,
         "learned_top_items": copy_search.NET_TOP,
         "learned_floor": copy_search.NET_FLOOR,
         "verify_sim": verify_sim,
@@ -120,7 +121,7 @@ def dedup_pool(
             "above_next_item": decontaminate.LEARNED_GAP,
             "verify_sim": min(verify_sim, decontaminate.VERIFY_SIM_LEARNED),
         }
-        if evalset is not None and opts.learned
+        if learned
         else None,
         "verify_cohort": {
             "items": decontaminate.COHORT,
@@ -130,7 +131,6 @@ def dedup_pool(
         "embedding_duplicates_verified": extractor is not None,
     }
 
-    learned = evalset is not None and opts.learned  # it only serves decontamination
     hashes, features, copies, nets, failed = _compute(
         pool, scope, extractor, model_key, learned, progress, result
     )
@@ -163,7 +163,9 @@ def dedup_pool(
 
     overlaps: dict[int, decontaminate.Overlap] = {}
     if evalset is not None:
-        index = decontaminate.prepare(evalset, opts.hash, extractor, opts.eval_crops, progress)
+        index = decontaminate.prepare(
+            evalset, opts.hash, extractor, opts.eval_crops, progress, learned
+        )
         result.settings["eval_variants_per_item"] = index.per_item
         if index.features is not None:
             index.features = embeddings.centred(index.features, mean) if mean is not None else None

@@ -103,10 +103,19 @@ def test_broken_weights_stop_dedup_with_a_clear_error_and_leave_the_manifest(tmp
         try:
             with pytest.raises(DedupError, match="learned copy descriptor's weights"):
                 dedup_pool(pool.root, DedupOptions(), eval_set=tmp_path / "eval.npz")
+            assert pool.manifest().to_pylist() == before
+            # --no-learned never reads the weights, on either side
+            off = DedupOptions(learned=False)
+            assert (
+                dedup_pool(pool.root, off, eval_set=tmp_path / "eval.npz").settings[
+                    "learned_descriptor"
+                ]
+                is None
+            )
+            before = pool.manifest().to_pylist()  # that run marked the pool
         finally:
             copy_net.key.cache_clear()
             copy_net._loaded.cache_clear()
-        assert pool.manifest().to_pylist() == before
     monkeypatch.undo()
     dedup_pool(pool.root, DedupOptions(), eval_set=tmp_path / "eval.npz")  # the shipped weights
     assert {r["status"] for r in pool.manifest().to_pylist()} == {"kept"}
