@@ -50,6 +50,12 @@ def main() -> None:
     ap.add_argument("--follow-pages", action="store_true")
     ap.add_argument("--probe-images", type=int, default=LoopOptions().probe_images)
     ap.add_argument("--useful-per-class", type=int, default=None)
+    ap.add_argument(
+        "--no-grounded",
+        dest="grounded",
+        action="store_false",
+        help="new terms on the teacher's judgement alone (LoopOptions.grounded)",
+    )
     ap.add_argument("--students", help="comma list of seeds: train students on both pools")
     ap.add_argument("--epochs", type=int, default=10, help="student epochs")
     ap.add_argument("--out", help="pool folder (default: a temporary one)")
@@ -68,7 +74,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="kd3-crawl-loop-")) / "pool"
     loop = LoopOptions(rounds=args.rounds, min_purity=args.min_purity,
                        follow_pages=args.follow_pages, probe_images=args.probe_images,
-                       useful_per_class=args.useful_per_class)  # fmt: skip
+                       useful_per_class=args.useful_per_class, grounded=args.grounded)  # fmt: skip
     with LocalWeb() as web:
         bed.serve(web)
         options = CrawlOptions(sources=["openverse"], per_class=args.per_class,

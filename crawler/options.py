@@ -220,6 +220,17 @@ class CrawlJob(BaseModel):
         "image on them and on the pages they link to is taken for that class, links first "
         "from the pages with the highest priority (the teacher's confident images there)",
     )
+    home_pages: dict[str, list[str]] | None = Field(
+        None,
+        description="per class, pages its own text ties to it (a title holding its name); an "
+        "image taken for a seeded class on one of them, or on a page linking to one, is "
+        "recorded with the keyword 'linked' instead of 'page'",
+    )
+    skip_pool: str | None = Field(
+        None,
+        description="a pool whose images this crawl does not fetch again (by URL); it must "
+        "hold `out` (the crawl loop's probe writes inside the pool it explores for)",
+    )
 
     @field_validator("classes")
     @classmethod
@@ -249,11 +260,21 @@ class CrawlJob(BaseModel):
         return value or None
 
     @model_validator(mode="after")
+    def _skip_pool_holds_out(self):
+        from pathlib import Path
+
+        if self.skip_pool and not Path(self.out).resolve().is_relative_to(
+            Path(self.skip_pool).resolve()
+        ):
+            raise _refuse(f"skip_pool {self.skip_pool!r} must be a folder that holds out")
+        return self
+
+    @model_validator(mode="after")
     def _known_classes(self):
         names = {c.name for c in self.classes}
         seeded = {c for c, _ in (self.seed_classes or {}).values()}
         for what, given in (("queries", self.queries), ("class_targets", self.class_targets),
-                            ("seed_classes", seeded)):  # fmt: skip
+                            ("seed_classes", seeded), ("home_pages", self.home_pages)):  # fmt: skip
             unknown = sorted(set(given or {}) - names)
             if unknown:
                 raise _refuse(f"{what} names classes the crawl does not have: {unknown}")

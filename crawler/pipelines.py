@@ -43,7 +43,8 @@ class PoolWriter:
 
     def __init__(self, pool: Pool, per_class: int, limits: dict,
                  flush_items: int = 256, flush_seconds: float = 2.0,
-                 targets: dict[str, int] | None = None, crawl_round: int = 1):  # fmt: skip
+                 targets: dict[str, int] | None = None, crawl_round: int = 1,
+                 skip_pool: str | None = None):  # fmt: skip
         self.pool, self.per_class, self.limits = pool, per_class, limits
         self.targets = dict(targets or {})  # per class, instead of per_class (the crawl loop)
         self.crawl_round = crawl_round
@@ -63,6 +64,8 @@ class PoolWriter:
         self.known = set(table["sha256"])
         # The crawl loop's later rounds do not fetch again what an earlier round stored.
         self.known_urls = set(rows["url"].to_pylist()) if crawl_round > 1 else set()
+        if skip_pool:  # the crawl loop's probe: what the pool it explores for already holds
+            self.known_urls |= set(Pool.open(skip_pool).manifest()["url"].to_pylist())
         self.stored_per_class = Counter(
             name
             for name, status in zip(table["class_name"], table["status"], strict=True)
@@ -82,6 +85,7 @@ class PoolWriter:
             settings.getfloat("KD3_FLUSH_SECONDS"),
             settings.getdict("KD3_CLASS_TARGETS"),
             settings.getint("KD3_ROUND", 1),
+            settings.get("KD3_SKIP_POOL") or None,
         )
 
     @classmethod

@@ -5,15 +5,17 @@ Round 1 is the crawl as asked (class names and keywords). After each round every
 is scored (steer.score); a class is thin while its useful images are under the target. The
 next round searches, for each thin class only, new terms from the titles of the images the
 teacher confidently puts in that class (steer.feedback: relevance feedback), and may store up
-to twice the missing count of new images for it. With `follow_pages`, it also crawls (site
+to twice the missing count of new images for it. By default (`grounded`) a term must also be
+tied to the class by the web's text and links, not only by the teacher (steer.feedback): the
+teacher's confident mistakes (spiny lobsters as frogs) would otherwise become searches that
+fill the class with them. With `follow_pages`, it also crawls (site
 source, one link deep) the pages where the teacher found most images of a thin class, taking
 every image there for the teacher to judge: focused crawling, off by default because the
 benchmark found it lowers precision. With `probe_images`, after each round a probe crawls that
-many images from the pages linked (two deep) from the pool's pages into a side pool, the
+many images from the pages linked (two deep) from the thin classes' pages into a side pool, the
 teacher scores them, and their titles join the pool's for relevance feedback: terms for a thin
-class no pool image carries (the web pool's "goose" for bird), at the price of the teacher's
-confident mistakes (bench/results/crawl_loop.txt); the side pool is then removed, never
-distilled from. Each round is its own crawl (crawl id
+class no pool image carries (the "bullfrog" gallery linked both ways with the "tailed frog"
+one); the side pool is then removed, never distilled from. Each round is its own crawl (crawl id
 <id>-r<k>, its own stats in POOL/crawls/ and in Redis) run in a child process (a Twisted reactor
 runs once per process), with the same options, so the politeness limits hold in every round.
 
@@ -134,8 +136,9 @@ def crawl_loop(
         if not stop:
             table = Pool.open(job.out).manifest()
             judged = table
+            trusted = used if options.grounded else None
             if options.probe_images:  # explore beyond the pool for terms it cannot give
-                probe = _probe(job, base, k, table, thin[0], options.probe_images, seen)
+                probe = _probe(job, base, k, table, thin, options.probe_images, seen, trusted)
                 if probe is not None:
                     stats = _crawl(probe)
                     record.probe_stored = int(stats.get("images_stored", 0))
@@ -147,7 +150,7 @@ def crawl_loop(
                     log(f"round {k} probe: {record.probe_stored} images judged")
             found = feedback.expand(judged, thin, score.teacher_id, options.min_confidence,
                                     set().union(*used.values()), options.terms_per_round,
-                                    min_purity=options.min_purity)  # fmt: skip
+                                    min_purity=options.min_purity, trusted=trusted)  # fmt: skip
             record.terms = {c: [asdict(t) for t in found[c]] for c in thin if found[c]}
             queries = {c: [t.text for t in found[c]] for c in thin if found[c]}
             seeds = {}
@@ -178,39 +181,58 @@ def _round_job(job: CrawlJob, k: int, crawl_id: str, queries, targets, seeds) ->
     return job.model_copy(update=update)
 
 
-def _probe(job: CrawlJob, base: str, k: int, table, thin: str, images: int,
-           seen: set[str]) -> CrawlJob | None:  # fmt: skip
-    """The crawl of round k's probe: up to `images` images from the pages linked (PROBE_DEPTH
-    deep) from PROBE_SEEDS of the pool's pages not crawled from before, into a side pool
+def _probe(job: CrawlJob, base: str, k: int, table, thin: list[str], images: int,
+           seen: set[str], trusted: dict[str, set[str]] | None) -> CrawlJob | None:  # fmt: skip
+    """The crawl of round k's probe: up to `images` images into a side pool
     (POOL/crawls/<base>/probe-r<k>) that the teacher scores for new terms, then removed: it is
-    never distilled from. Its images are filed under a thin class only to be taken; the teacher's
-    judgement is what counts. None when the pool has no pages to start from."""
+    never distilled from. It follows links PROBE_DEPTH deep from PROBE_SEEDS pages not crawled
+    from before. Grounded (`trusted`), it starts for each thin class from pages holding a title
+    with one of its trusted terms (the class's home pages), and takes images for the class whose
+    page led there; those on a page that is or links back to a home page of the class are
+    "linked" (feedback's `linked_for`). Otherwise it starts from any of the pool's pages, and a
+    thin class only files what it takes. None when there is no page to start from."""
     if "page_url" not in table.column_names:
         return None
-    pages = sorted({p for p in table["page_url"].to_pylist()
-                    if p and p.startswith(("http://", "https://")) and p not in seen})  # fmt: skip
-    if not pages:
-        return None
     rng = np.random.default_rng(k)
-    picked = [pages[i] for i in rng.choice(len(pages), min(PROBE_SEEDS, len(pages)), False)]
-    seen |= set(picked)
+    rows = table.select(["page_url", "title"]).to_pylist()
+    web = [r for r in rows if r["page_url"] and r["page_url"].startswith(("http://", "https://"))]
+    homes = {c: sorted({r["page_url"] for r in web
+                        if trusted is None or feedback.title_terms(r["title"] or "") & trusted[c]})
+             for c in (thin if trusted is not None else thin[:1])}  # fmt: skip
+    seeds: dict[str, tuple[str, int]] = {}
+    for c, pages in homes.items():
+        pages = [p for p in pages if p not in seen and p not in seeds]
+        for i in rng.choice(len(pages), min(PROBE_SEEDS, len(pages)), False):
+            seeds[pages[i]] = (c, 0)
+    if not seeds:
+        return None
+    seen |= set(seeds)
+    classes = {c for c, _ in seeds.values()}
     options = job.options.model_copy(update={
-        "sources": ["site"], "seeds": picked, "per_class": images,
+        "sources": ["site"], "seeds": list(seeds), "per_class": -(-images // len(classes)),
         "settings": {**job.options.settings, "KD3_SITE_DEPTH": PROBE_DEPTH},
     })  # fmt: skip
     return job.model_copy(update={
         "options": options, "out": str(Path(job.out) / "crawls" / base / f"probe-r{k}"),
         "crawl_id": f"{base}-probe-r{k}", "round": 1, "queries": None, "class_targets": None,
-        "seed_classes": {page: (thin, 0) for page in picked},
+        "seed_classes": seeds,
+        "home_pages": {c: homes[c] for c in classes} if trusted is not None else None,
+        "skip_pool": job.out,  # judged already
     })  # fmt: skip
 
 
-def _together(*tables):
-    """The columns relevance feedback reads, of several scored manifests, as one table."""
+def _together(table, probe):
+    """The columns relevance feedback reads, of the pool's and the probe's scored manifests, as
+    one table; a probe image's `linked_for` is its class when the probe took it as "linked"."""
     import pyarrow as pa
 
     cols = ["title", "status", "teacher_id", "teacher_class", "teacher_confidence"]
-    return pa.concat_tables([t.select(cols) for t in tables])
+    ours = table.select(cols).append_column("linked_for", pa.nulls(table.num_rows, pa.string()))
+    linked = pc.equal(probe["keyword"], "linked")
+    theirs = probe.select(cols).append_column(
+        "linked_for", pc.if_else(linked, probe["class_name"], pa.scalar(None, pa.string()))
+    )
+    return pa.concat_tables([ours, theirs])
 
 
 def _seed_pages(table, thin: list[str], teacher_id: str, min_confidence: float,

@@ -60,6 +60,14 @@ class LoopOptions(ScoreOptions):
         "found it and on the pages they link to (more images, lower precision: "
         "bench/results/crawl_loop.txt)",
     )
+    grounded: bool = Field(
+        True,
+        description="a new search term must also be tied to the class without the teacher: on "
+        "a title holding the class's name, a keyword or a term taken before, or on a page "
+        "that such a title's page links to and that links back (off: the teacher's judgement "
+        "alone, which also finds classes no name finds, at lower precision: "
+        "bench/results/crawl_loop.txt)",
+    )
     terms_per_round: int = Field(
         5, ge=1, le=50, description="new search terms per thin class and round, at most"
     )
@@ -68,9 +76,9 @@ class LoopOptions(ScoreOptions):
         ge=0,
         le=1_000_000,
         description="explore: after each round, crawl up to N images from the pages linked "
-        "(2 deep) from the pool's pages into a side pool, never distilled from, whose images "
-        "the teacher is sure of give search terms the pool cannot (0: off; "
-        "bench/results/crawl_loop.txt)",
+        "(2 deep) from the thin classes' own pages (any of the pool's with --no-grounded) into "
+        "a side pool, never distilled from, whose images the teacher is sure of give search "
+        "terms the pool cannot (0: off; bench/results/crawl_loop.txt)",
         json_schema_extra={"metavar": "N"},
     )
 

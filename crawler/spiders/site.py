@@ -48,6 +48,8 @@ class SiteSpider(ImageSpider):
         spider.matcher = KeywordMatcher(spider.classes.classes)
         # Domains are checked here by host name: LinkExtractor's allow_domains compares host:port.
         spider.links = LinkExtractor(deny_extensions=[])
+        spider.home_pages = {c: set(pages) for c, pages in
+                             crawler.settings.getdict("KD3_HOME_PAGES").items()}  # fmt: skip
         return spider
 
     async def start(self):
@@ -84,12 +86,23 @@ class SiteSpider(ImageSpider):
         if page_opts_out(response):
             self.count_rejected("meta_robots_noai")
             return
+        links = self.links.extract_links(response)
+        taken_for, how = response.meta.get("kd3_for"), "page"
+        if taken_for and self.home_pages:
+            # "linked": the page is, or links back to, a page a class's own text is on (the
+            # crawl loop's grounding: a topic the web relates to the class both ways,
+            # steer.feedback); a page is crawled once, whichever class's page led to it first
+            here = {response.url} | {k.url for k in links}
+            linked = [c for c, pages in self.home_pages.items() if here & pages]
+            if linked:
+                taken_for = taken_for if taken_for in linked else linked[0]
+                how = "linked"
         for src, alt, title, caption in image_candidates(response):
             url = response.urljoin(src)  # absolute and data:/ftp:/file: URLs stay as they are
             filename = urlsplit(url).path.rsplit("/", 1)[-1] if url.startswith("http") else ""
             match = self.matcher.match(alt, title, caption, filename)
-            if match is None and response.meta.get("kd3_for"):  # taken for the teacher to judge
-                match = Match(response.meta["kd3_for"], "page")
+            if match is None and taken_for:  # taken for the teacher to judge
+                match = Match(taken_for, how)
             if match is None:
                 continue
             request = self.image_request(url, match.class_name, match.keyword,
@@ -97,7 +110,7 @@ class SiteSpider(ImageSpider):
             if request:
                 yield request
         if response.meta.get("depth", 0) < self.depth_limit:
-            for link in self.links.extract_links(response):
+            for link in links:
                 if self.on_site(link.url):
                     focus = {k: response.meta[k] for k in ("kd3_for", "kd3_priority")
                              if k in response.meta}  # fmt: skip

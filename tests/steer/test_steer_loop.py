@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow.compute as pc
@@ -305,10 +306,13 @@ def test_a_probe_beyond_the_pool_finds_terms_no_pool_image_carries(tmp_path, tea
         result = crawl_loop(job(tmp_path / "pool", bed), teacher,
                             LoopOptions(rounds=2, useful_per_class=40, probe_images=200),
                             log=lambda _m: None)  # fmt: skip
+        table = Pool.open(tmp_path / "pool").manifest()
+        before = table.filter(pc.equal(table["crawl_round"], 1))["url"].to_pylist()
+        # the probe walked the pool's pages without fetching the pool's images again
+        assert before and all(server.hits(urlsplit(u).path) == 1 for u in before)
     first, second = result.rounds
     assert first.probe_stored > 0 and first.probe_requests >= first.probe_stored
     assert "scarlet" in second.queries["red"]
-    table = Pool.open(tmp_path / "pool").manifest()
     found = table.filter(pc.equal(table["keyword"], "scarlet")).to_pylist()
     assert found and all(bed.synsets[bed.image_of(r["url"])] == 1 for r in found)
     assert second.useful["red"] > first.useful["red"]
@@ -316,3 +320,62 @@ def test_a_probe_beyond_the_pool_finds_terms_no_pool_image_carries(tmp_path, tea
     assert not list((tmp_path / "pool" / "crawls").glob("*/probe-r*"))
     saved = json.loads((tmp_path / "pool" / "crawls" / result.crawl_id / "loop.json").read_text())
     assert saved["rounds"][0]["probe_stored"] == first.probe_stored
+
+
+def test_grounded_expansion_needs_the_webs_text_or_links_beside_the_teacher():
+    import pyarrow as pa
+
+    rows = []
+    for title, tops, linked in [
+        ("tailed frog", ["frog"] * 3, None),  # holds the class name: "tailed" is tied to frog
+        ("spiny lobster", ["frog"] * 3, None),  # the teacher's confident mistake, nothing else
+        ("bullfrog", ["frog"] * 3, "frog"),  # on a page linked both ways with a frog page
+        ("German police dog", ["dog"] * 2 + ["cat"] * 4, None),  # the teacher is unsure of dogs
+        ("chihuahua", ["dog", "dog", "cat", "truck"], "dog"),
+    ]:  # fmt: skip
+        for top in tops:
+            rows.append({"title": title, "status": "kept", "teacher_id": "t", "linked_for": linked,
+                         "teacher_class": top, "teacher_confidence": 0.9})  # fmt: skip
+    table = pa.Table.from_pylist(rows)
+    used = {"frog", "dog"}
+
+    def taken(**kw):
+        found = expand(table, ["frog", "dog"], "t", 0.5, used, 10, **kw)
+        return {c: {t.text for t in terms} for c, terms in found.items()}
+
+    alone = taken()  # the teacher's judgement alone
+    assert "lobster" in alone["frog"] and "chihuahua" not in alone["dog"]
+    grounded = taken(trusted={"frog": {"frog"}, "dog": {"dog"}})
+    assert {"tailed", "bullfrog"} <= grounded["frog"]
+    assert not any("lobster" in t or "spiny" in t for t in grounded["frog"])
+    # A third of the named dogs agree: a grounded term at half is enough (not MIN_PURITY), but
+    # "police" and "german", where the teacher mostly says cat, are not.
+    assert grounded["dog"] == {"chihuahua"}
+
+
+def test_the_probe_takes_terms_from_pages_linked_both_ways_with_a_classs_own_pages(
+    tmp_path, teacher
+):
+    # crimson ("red crimson") links to scarlet and to rust; scarlet links back, rust does not.
+    # Rust images are red to the teacher, but no red page's text or links vouch for them.
+    x, y = make_images(8 * PER_SYNSET * 3, size=32, seed=5)
+    red, green = np.nonzero(y == 0)[0], np.nonzero(y == 1)[0]
+    images = np.concatenate([x[red[: 3 * PER_SYNSET]], x[green[:PER_SYNSET]]])
+    synsets = np.repeat(np.arange(4), PER_SYNSET)
+    names = ["crimson, red crimson", "scarlet", "rust", "emerald, green emerald"]
+    bed = Testbed(images, synsets, names, seed=0)
+    bed.related = {0: [1, 2], 1: [0], 2: [3], 3: [2]}
+    out = {}
+    with LocalWeb() as server:
+        bed.serve(server)
+        for grounded in (True, False):
+            result = crawl_loop(job(tmp_path / f"pool-{grounded}", bed), teacher,
+                                LoopOptions(rounds=2, useful_per_class=40, probe_images=200,
+                                            grounded=grounded), log=lambda _m: None)  # fmt: skip
+            out[grounded] = (
+                result.rounds[1].queries.get("red", []) if len(result.rounds) > 1 else []
+            )
+        rust_visits = server.hits(bed.gallery_path(2))
+    assert rust_visits >= 2  # both probes judged the rust gallery
+    assert "scarlet" in out[True] and "rust" not in out[True]
+    assert "rust" in out[False]  # the teacher alone takes it
