@@ -40,7 +40,7 @@ DEDICATED = {
     "KD3_CLASS_QUERIES": "the crawl loop (steer.loop)",
     "KD3_CLASS_TARGETS": "the crawl loop (steer.loop)",
     "KD3_SEED_CLASSES": "the crawl loop (steer.loop)",
-    "KD3_HOME_PAGES": "the crawl loop (steer.loop)",
+    "KD3_RECORD_LINKS": "the crawl loop (steer.loop)",
     "KD3_SKIP_POOL": "the crawl loop (steer.loop)",
 }
 

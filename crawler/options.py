@@ -220,11 +220,10 @@ class CrawlJob(BaseModel):
         "image on them and on the pages they link to is taken for that class, links first "
         "from the pages with the highest priority (the teacher's confident images there)",
     )
-    home_pages: dict[str, list[str]] | None = Field(
-        None,
-        description="per class, pages its own text ties to it (a title holding its name); an "
-        "image taken for a seeded class on one of them, or on a page linking to one, is "
-        "recorded with the keyword 'linked' instead of 'page'",
+    record_links: bool = Field(
+        False,
+        description="the site source records each page it reads and the on-site pages it "
+        "links to, in POOL/crawls/<crawl id>/links.json",
     )
     skip_pool: str | None = Field(
         None,
@@ -274,7 +273,7 @@ class CrawlJob(BaseModel):
         names = {c.name for c in self.classes}
         seeded = {c for c, _ in (self.seed_classes or {}).values()}
         for what, given in (("queries", self.queries), ("class_targets", self.class_targets),
-                            ("seed_classes", seeded), ("home_pages", self.home_pages)):  # fmt: skip
+                            ("seed_classes", seeded)):  # fmt: skip
             unknown = sorted(set(given or {}) - names)
             if unknown:
                 raise _refuse(f"{what} names classes the crawl does not have: {unknown}")

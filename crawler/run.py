@@ -132,7 +132,7 @@ def crawl(job: CrawlJob, *, progress: Callable[[CrawlProgress], None] | None = N
         "KD3_CLASS_QUERIES": job.queries,
         "KD3_CLASS_TARGETS": job.class_targets or {},
         "KD3_SEED_CLASSES": {url: list(v) for url, v in (job.seed_classes or {}).items()},
-        "KD3_HOME_PAGES": job.home_pages or {},
+        "KD3_RECORD_LINKS": job.record_links,
         "KD3_SKIP_POOL": job.skip_pool or "",
     }, priority="cmdline")  # fmt: skip
     reasons = _run_spiders(settings, job.options.sources, class_list, crawl_id, progress)

@@ -37,7 +37,7 @@ KD3_ROUND = 1  # recorded with every image (manifest column crawl_round)
 KD3_CLASS_QUERIES = None  # {class: [terms]}: exactly these searches this round
 KD3_CLASS_TARGETS = {}  # {class: images the pool may hold}, instead of KD3_PER_CLASS
 KD3_SKIP_POOL = ""  # a pool whose image URLs are not fetched again (the crawl loop's probe)
-KD3_HOME_PAGES = {}  # {class: [pages]}: an image taken for it on a page linking to one: "linked"
+KD3_RECORD_LINKS = False  # the site spider writes POOL/crawls/<id>/links.json (the crawl loop)
 KD3_SEED_CLASSES = {}  # {seed page: [class, priority]}: site spider takes every image for it
 
 # -- kd3: validation and storage -----------------------------------------------------------------

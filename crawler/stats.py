@@ -56,6 +56,11 @@ def stats_path(pool_root: str | Path, crawl_id: str) -> Path:
     return Path(pool_root) / "crawls" / crawl_id / "stats.json"
 
 
+def links_path(pool_root: str | Path, crawl_id: str) -> Path:
+    """{page: [on-site pages it links to]} of a site crawl with KD3_RECORD_LINKS."""
+    return Path(pool_root) / "crawls" / crawl_id / "links.json"
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

@@ -117,6 +117,7 @@ def crawl_loop(
             for c in job.classes}  # fmt: skip
     queries = None  # round 1: the classes' names and keywords
     targets = seeds = None
+    leads: dict[str, set[str]] = {}  # per class, pages where the teacher found most of it
     for k in range(1, options.rounds + 1):
         crawl_id = f"{base}-r{k}"
         this = _round_job(job, k, crawl_id, queries, targets, seeds)
@@ -135,10 +136,11 @@ def crawl_loop(
         stop = _why_stop(k, options.rounds, thin, record)
         if not stop:
             table = Pool.open(job.out).manifest()
-            judged = table
+            judged, links = table, None
             trusted = used if options.grounded else None
             if options.probe_images:  # explore beyond the pool for terms it cannot give
-                probe = _probe(job, base, k, table, thin, options.probe_images, seen, trusted)
+                probe = _probe(job, base, k, table, thin, options.probe_images, seen, trusted,
+                               leads)  # fmt: skip
                 if probe is not None:
                     stats = _crawl(probe)
                     record.probe_stored = int(stats.get("images_stored", 0))
@@ -146,11 +148,17 @@ def crawl_loop(
                     score_pool(probe.out, teacher, options.score_options(),
                                teacher_load=teacher_load, log=log)  # fmt: skip
                     judged = _together(table, Pool.open(probe.out).manifest())
+                    links = _links(probe)
+                    votes = feedback.page_votes(judged.to_pylist(), score.teacher_id,
+                                                options.min_confidence)  # fmt: skip
+                    for c in thin:
+                        leads.setdefault(c, set()).update(feedback.teacher_pages(votes, c))
                     shutil.rmtree(probe.out)  # what it found is in `judged`; it is no pool to keep
                     log(f"round {k} probe: {record.probe_stored} images judged")
             found = feedback.expand(judged, thin, score.teacher_id, options.min_confidence,
                                     set().union(*used.values()), options.terms_per_round,
-                                    min_purity=options.min_purity, trusted=trusted)  # fmt: skip
+                                    min_purity=options.min_purity, trusted=trusted,
+                                    links=links)  # fmt: skip
             record.terms = {c: [asdict(t) for t in found[c]] for c in thin if found[c]}
             queries = {c: [t.text for t in found[c]] for c in thin if found[c]}
             seeds = {}
@@ -182,25 +190,38 @@ def _round_job(job: CrawlJob, k: int, crawl_id: str, queries, targets, seeds) ->
 
 
 def _probe(job: CrawlJob, base: str, k: int, table, thin: list[str], images: int,
-           seen: set[str], trusted: dict[str, set[str]] | None) -> CrawlJob | None:  # fmt: skip
+           seen: set[str], trusted: dict[str, set[str]] | None,
+           leads: dict[str, set[str]]) -> CrawlJob | None:  # fmt: skip
     """The crawl of round k's probe: up to `images` images into a side pool
     (POOL/crawls/<base>/probe-r<k>) that the teacher scores for new terms, then removed: it is
-    never distilled from. It follows links PROBE_DEPTH deep from PROBE_SEEDS pages not crawled
-    from before. Grounded (`trusted`), it starts for each thin class from pages holding a title
-    with one of its trusted terms (the class's home pages), and takes images for the class whose
-    page led there; those on a page that is or links back to a home page of the class are
-    "linked" (feedback's `linked_for`). Otherwise it starts from any of the pool's pages, and a
-    thin class only files what it takes. None when there is no page to start from."""
+    never distilled from. It follows links PROBE_DEPTH deep from pages not crawled from before,
+    recording their links (feedback's grounding): grounded (`trusted`), from PROBE_SEEDS home
+    pages of each thin class (pages with a title holding one of its trusted terms); for a thin
+    class without one, from the pages where an earlier probe found the teacher sure of it
+    (`leads`: there, its cycles of links can be found) or, with none either, from PROBE_SEEDS of
+    any of the pool's pages; otherwise (not grounded) from PROBE_SEEDS of any of the pool's
+    pages. Images are filed under the class whose pages led
+    there (any thin class for the others) only to be taken: the teacher's judgement is what
+    counts. The pool's images are not fetched again. None when there is no page to start
+    from."""
     if "page_url" not in table.column_names:
         return None
     rng = np.random.default_rng(k)
     rows = table.select(["page_url", "title"]).to_pylist()
     web = [r for r in rows if r["page_url"] and r["page_url"].startswith(("http://", "https://"))]
+    anywhere = sorted({r["page_url"] for r in web})
     homes = {c: sorted({r["page_url"] for r in web
-                        if trusted is None or feedback.title_terms(r["title"] or "") & trusted[c]})
-             for c in (thin if trusted is not None else thin[:1])}  # fmt: skip
+                        if feedback.title_terms(r["title"] or "") & trusted[c]})
+             for c in thin} if trusted is not None else {}  # fmt: skip
+    starts = {c: pages for c, pages in homes.items() if pages}
+    if trusted is not None:
+        starts |= {c: sorted(leads[c] - seen) for c in thin
+                   if c not in starts and leads.get(c, set()) - seen}  # fmt: skip
+    orphans = [c for c in thin if not starts.get(c)]
+    if orphans:  # explore from anywhere for the classes no page of the pool names
+        starts[orphans[0]] = anywhere
     seeds: dict[str, tuple[str, int]] = {}
-    for c, pages in homes.items():
+    for c, pages in starts.items():
         pages = [p for p in pages if p not in seen and p not in seeds]
         for i in rng.choice(len(pages), min(PROBE_SEEDS, len(pages)), False):
             seeds[pages[i]] = (c, 0)
@@ -216,23 +237,27 @@ def _probe(job: CrawlJob, base: str, k: int, table, thin: list[str], images: int
         "options": options, "out": str(Path(job.out) / "crawls" / base / f"probe-r{k}"),
         "crawl_id": f"{base}-probe-r{k}", "round": 1, "queries": None, "class_targets": None,
         "seed_classes": seeds,
-        "home_pages": {c: homes[c] for c in classes} if trusted is not None else None,
+        "record_links": True,
         "skip_pool": job.out,  # judged already
     })  # fmt: skip
 
 
-def _together(table, probe):
-    """The columns relevance feedback reads, of the pool's and the probe's scored manifests, as
-    one table; a probe image's `linked_for` is its class when the probe took it as "linked"."""
+def _together(*tables):
+    """The columns relevance feedback reads, of several scored manifests, as one table."""
     import pyarrow as pa
 
-    cols = ["title", "status", "teacher_id", "teacher_class", "teacher_confidence"]
-    ours = table.select(cols).append_column("linked_for", pa.nulls(table.num_rows, pa.string()))
-    linked = pc.equal(probe["keyword"], "linked")
-    theirs = probe.select(cols).append_column(
-        "linked_for", pc.if_else(linked, probe["class_name"], pa.scalar(None, pa.string()))
-    )
-    return pa.concat_tables([ours, theirs])
+    cols = ["title", "status", "teacher_id", "teacher_class", "teacher_confidence", "page_url"]
+    return pa.concat_tables([t.select(cols) for t in tables])
+
+
+def _links(probe: CrawlJob) -> dict[str, list[str]]:
+    """The probe's pages and the pages each links to ({} when it recorded none)."""
+    from crawler.stats import links_path
+
+    try:
+        return json.loads(links_path(probe.out, probe.crawl_id).read_text())
+    except FileNotFoundError:
+        return {}
 
 
 def _seed_pages(table, thin: list[str], teacher_id: str, min_confidence: float,

@@ -3,6 +3,7 @@ and take each `<img>` whose alt text, title, caption or file name names a class 
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlsplit
 
 import scrapy
@@ -48,9 +49,17 @@ class SiteSpider(ImageSpider):
         spider.matcher = KeywordMatcher(spider.classes.classes)
         # Domains are checked here by host name: LinkExtractor's allow_domains compares host:port.
         spider.links = LinkExtractor(deny_extensions=[])
-        spider.home_pages = {c: set(pages) for c, pages in
-                             crawler.settings.getdict("KD3_HOME_PAGES").items()}  # fmt: skip
+        spider.page_links = {} if crawler.settings.getbool("KD3_RECORD_LINKS") else None
         return spider
+
+    def closed(self, reason):
+        if self.page_links is not None:  # the crawl loop reads the pages' links (steer.feedback)
+            from common.files import atomic_write
+            from crawler.stats import links_path
+
+            path = links_path(self.settings.get("KD3_POOL"), self.settings.get("KD3_CRAWL_ID"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps(self.page_links).encode())
 
     async def start(self):
         if not self.seeds:
@@ -87,22 +96,14 @@ class SiteSpider(ImageSpider):
             self.count_rejected("meta_robots_noai")
             return
         links = self.links.extract_links(response)
-        taken_for, how = response.meta.get("kd3_for"), "page"
-        if taken_for and self.home_pages:
-            # "linked": the page is, or links back to, a page a class's own text is on (the
-            # crawl loop's grounding: a topic the web relates to the class both ways,
-            # steer.feedback); a page is crawled once, whichever class's page led to it first
-            here = {response.url} | {k.url for k in links}
-            linked = [c for c, pages in self.home_pages.items() if here & pages]
-            if linked:
-                taken_for = taken_for if taken_for in linked else linked[0]
-                how = "linked"
+        if self.page_links is not None:
+            self.page_links[response.url] = sorted({k.url for k in links if self.on_site(k.url)})
         for src, alt, title, caption in image_candidates(response):
             url = response.urljoin(src)  # absolute and data:/ftp:/file: URLs stay as they are
             filename = urlsplit(url).path.rsplit("/", 1)[-1] if url.startswith("http") else ""
             match = self.matcher.match(alt, title, caption, filename)
-            if match is None and taken_for:  # taken for the teacher to judge
-                match = Match(taken_for, how)
+            if match is None and response.meta.get("kd3_for"):  # taken for the teacher to judge
+                match = Match(response.meta["kd3_for"], "page")
             if match is None:
                 continue
             request = self.image_request(url, match.class_name, match.keyword,

@@ -231,7 +231,7 @@ def test_expansion_prefers_pure_terms_and_skips_redundant_ones():
     assert dog[0] == "german"  # all four dogs, and nothing else
     assert "police" not in dog  # also on the vans
     assert "german shepherd" not in dog  # a subset of what "german" searches
-    assert [t.text for t in found["truck"]][:1] == ["van"]
+    assert [t.text for t in found["truck"]][:1] == ["police van"]  # the vans say no more
     # A term holding every word of one searched before finds part of what that search found.
     again = [t.text for t in expand(table, ["dog"], "t", 0.5, {"dog", "german"}, 5)["dog"]]
     assert again and not any(set(t.split()) >= {"german"} for t in again)
@@ -326,31 +326,43 @@ def test_grounded_expansion_needs_the_webs_text_or_links_beside_the_teacher():
     import pyarrow as pa
 
     rows = []
-    for title, tops, linked in [
-        ("tailed frog", ["frog"] * 3, None),  # holds the class name: "tailed" is tied to frog
-        ("spiny lobster", ["frog"] * 3, None),  # the teacher's confident mistake, nothing else
-        ("bullfrog", ["frog"] * 3, "frog"),  # on a page linked both ways with a frog page
-        ("German police dog", ["dog"] * 2 + ["cat"] * 4, None),  # the teacher is unsure of dogs
-        ("chihuahua", ["dog", "dog", "cat", "truck"], "dog"),
+    for title, tops, page in [
+        ("tailed frog", ["frog"] * 3, "frog"),  # holds the class name: "tailed" is tied to frog
+        ("spiny lobster", ["frog"] * 3, "lobster"),  # the teacher's confident mistake
+        ("bullfrog", ["frog"] * 3, "bullfrog"),  # linked both ways with the frog page
+        ("German police dog", ["dog"] * 2 + ["cat"] * 4, "shepherd"),  # unsure of dogs
+        ("chihuahua", ["dog", "dog", "cat", "truck"], "chihuahua"),
+        ("goose", ["bird"] * 3, "goose"),  # no title says bird: two topics linked both ways
+        ("black stork", ["bird"] * 3, "stork"),
+        ("rugby ball", ["horse"] * 3, "rugby-1"),  # a mistake linked only with more of itself
+        ("rugby ball", ["horse"] * 3, "rugby-2"),
     ]:  # fmt: skip
         for top in tops:
-            rows.append({"title": title, "status": "kept", "teacher_id": "t", "linked_for": linked,
+            rows.append({"title": title, "status": "kept", "teacher_id": "t", "page_url": page,
                          "teacher_class": top, "teacher_confidence": 0.9})  # fmt: skip
     table = pa.Table.from_pylist(rows)
-    used = {"frog", "dog"}
+    links = {"frog": ["lobster", "bullfrog"], "lobster": ["rugby-1"], "bullfrog": ["frog"],
+             "shepherd": ["chihuahua"], "chihuahua": ["shepherd"], "goose": ["stork"],
+             "stork": ["goose", "rugby-1"], "rugby-1": ["rugby-2"], "rugby-2": ["rugby-1"]}  # fmt: skip
+    classes = ["frog", "dog", "bird", "horse"]
 
     def taken(**kw):
-        found = expand(table, ["frog", "dog"], "t", 0.5, used, 10, **kw)
+        found = expand(table, classes, "t", 0.5, set(classes), 10, **kw)
         return {c: {t.text for t in terms} for c, terms in found.items()}
 
     alone = taken()  # the teacher's judgement alone
-    assert "lobster" in alone["frog"] and "chihuahua" not in alone["dog"]
-    grounded = taken(trusted={"frog": {"frog"}, "dog": {"dog"}})
+    assert "spiny lobster" in alone["frog"] and alone["horse"] <= {"rugby", "ball", "rugby ball"}
+    assert alone["horse"]
+    assert "chihuahua" not in alone["dog"]  # under MIN_PURITY
+    grounded = taken(trusted={c: {c} for c in classes}, links=links)
     assert {"tailed", "bullfrog"} <= grounded["frog"]
     assert not any("lobster" in t or "spiny" in t for t in grounded["frog"])
     # A third of the named dogs agree: a grounded term at half is enough (not MIN_PURITY), but
     # "police" and "german", where the teacher mostly says cat, are not.
     assert grounded["dog"] == {"chihuahua"}
+    assert "goose" in grounded["bird"] and grounded["bird"] & {"black", "stork", "black stork"}
+    assert grounded["horse"] == set()
+    assert taken(trusted={c: {c} for c in classes})["bird"] == set()  # without the links
 
 
 def test_the_probe_takes_terms_from_pages_linked_both_ways_with_a_classs_own_pages(
