@@ -136,25 +136,33 @@ def crawl_loop(
         stop = _why_stop(k, options.rounds, thin, record)
         if not stop:
             table = Pool.open(job.out).manifest()
-            judged, links = table, None
+            judged, links = table, {}
             trusted = used if options.grounded else None
-            if options.probe_images:  # explore beyond the pool for terms it cannot give
-                probe = _probe(job, base, k, table, thin, options.probe_images, seen, trusted,
-                               leads)  # fmt: skip
-                if probe is not None:
-                    stats = _crawl(probe)
-                    record.probe_stored = int(stats.get("images_stored", 0))
-                    record.probe_requests = int(stats.get("requests", 0))
-                    score_pool(probe.out, teacher, options.score_options(),
-                               teacher_load=teacher_load, log=log)  # fmt: skip
-                    judged = _together(table, Pool.open(probe.out).manifest())
-                    links = _links(probe)
-                    votes = feedback.page_votes(judged.to_pylist(), score.teacher_id,
-                                                options.min_confidence)  # fmt: skip
-                    for c in thin:
-                        leads.setdefault(c, set()).update(feedback.teacher_pages(votes, c))
-                    shutil.rmtree(probe.out)  # what it found is in `judged`; it is no pool to keep
-                    log(f"round {k} probe: {record.probe_stored} images judged")
+            # explore beyond the pool for terms it cannot give; a second pass starts at once
+            # from the pages the first found for a class no page names (its leads)
+            only = None
+            for tag in (f"r{k}", f"r{k}b") if options.probe_images else ():
+                probe = _probe(job, base, tag, table, only or thin, options.probe_images, seen,
+                               trusted, leads)  # fmt: skip
+                if probe is None:
+                    break
+                stats = _crawl(probe)
+                record.probe_stored += int(stats.get("images_stored", 0))
+                record.probe_requests += int(stats.get("requests", 0))
+                score_pool(probe.out, teacher, options.score_options(), teacher_load=teacher_load,
+                           log=log)  # fmt: skip
+                judged = _together(judged, Pool.open(probe.out).manifest())
+                links |= _links(probe)
+                shutil.rmtree(probe.out)  # what it found is in `judged`; it is no pool to keep
+                log(f"round {k} probe: {record.probe_stored} images judged")
+                votes = feedback.page_votes(judged.to_pylist(), score.teacher_id,
+                                            options.min_confidence)  # fmt: skip
+                for c in thin:
+                    leads.setdefault(c, set()).update(feedback.teacher_pages(votes, c))
+                nameless = set(thin) - set(_home_pages(table, thin, trusted or {}))
+                only = [c for c in thin if c in nameless and leads[c] - seen]
+                if trusted is None or not only:
+                    break
             found = feedback.expand(judged, thin, score.teacher_id, options.min_confidence,
                                     set().union(*used.values()), options.terms_per_round,
                                     min_purity=options.min_purity, trusted=trusted,
@@ -189,37 +197,31 @@ def _round_job(job: CrawlJob, k: int, crawl_id: str, queries, targets, seeds) ->
     return job.model_copy(update=update)
 
 
-def _probe(job: CrawlJob, base: str, k: int, table, thin: list[str], images: int,
+def _probe(job: CrawlJob, base: str, tag: str, table, thin: list[str], images: int,
            seen: set[str], trusted: dict[str, set[str]] | None,
            leads: dict[str, set[str]]) -> CrawlJob | None:  # fmt: skip
-    """The crawl of round k's probe: up to `images` images into a side pool
-    (POOL/crawls/<base>/probe-r<k>) that the teacher scores for new terms, then removed: it is
-    never distilled from. It follows links PROBE_DEPTH deep from pages not crawled from before,
-    recording their links (feedback's grounding): grounded (`trusted`), from PROBE_SEEDS home
-    pages of each thin class (pages with a title holding one of its trusted terms); for a thin
-    class without one, from the pages where an earlier probe found the teacher sure of it
-    (`leads`: there, its cycles of links can be found) or, with none either, from PROBE_SEEDS of
-    any of the pool's pages; otherwise (not grounded) from PROBE_SEEDS of any of the pool's
-    pages. Images are filed under the class whose pages led
-    there (any thin class for the others) only to be taken: the teacher's judgement is what
-    counts. The pool's images are not fetched again. None when there is no page to start
-    from."""
+    """The crawl of a probe (`tag`: r<round>, r<round>b for a second pass): up to `images` images
+    into a side pool (POOL/crawls/<base>/probe-<tag>) that the teacher scores for new terms,
+    then removed: it is
+    never distilled from. It follows links PROBE_DEPTH deep and records them (feedback's
+    grounding), from up to PROBE_SEEDS pages per class not crawled from before:
+    - grounded (`trusted`), for each thin class, its home pages (a title holding one of its
+      trusted terms); for a class without one, the pages where an earlier probe found the
+      teacher sure of it (`leads`: the cycles through them are what ground its terms);
+    - for the thin classes with neither, or when not grounded: any of the pool's pages.
+    An image is filed under the class whose pages led to it, only to be taken: the teacher's
+    judgement is what counts. The pool's own images are not fetched again. None when there is
+    no page to start from."""
     if "page_url" not in table.column_names:
         return None
-    rng = np.random.default_rng(k)
-    rows = table.select(["page_url", "title"]).to_pylist()
-    web = [r for r in rows if r["page_url"] and r["page_url"].startswith(("http://", "https://"))]
-    anywhere = sorted({r["page_url"] for r in web})
-    homes = {c: sorted({r["page_url"] for r in web
-                        if feedback.title_terms(r["title"] or "") & trusted[c]})
-             for c in thin} if trusted is not None else {}  # fmt: skip
-    starts = {c: pages for c, pages in homes.items() if pages}
+    rng = np.random.default_rng(list(tag.encode()))
+    starts = _home_pages(table, thin, trusted) if trusted is not None else {}
     if trusted is not None:
         starts |= {c: sorted(leads[c] - seen) for c in thin
                    if c not in starts and leads.get(c, set()) - seen}  # fmt: skip
     orphans = [c for c in thin if not starts.get(c)]
     if orphans:  # explore from anywhere for the classes no page of the pool names
-        starts[orphans[0]] = anywhere
+        starts[orphans[0]] = sorted({p for p in table["page_url"].to_pylist() if _on_web(p)})
     seeds: dict[str, tuple[str, int]] = {}
     for c, pages in starts.items():
         pages = [p for p in pages if p not in seen and p not in seeds]
@@ -234,12 +236,25 @@ def _probe(job: CrawlJob, base: str, k: int, table, thin: list[str], images: int
         "settings": {**job.options.settings, "KD3_SITE_DEPTH": PROBE_DEPTH},
     })  # fmt: skip
     return job.model_copy(update={
-        "options": options, "out": str(Path(job.out) / "crawls" / base / f"probe-r{k}"),
-        "crawl_id": f"{base}-probe-r{k}", "round": 1, "queries": None, "class_targets": None,
+        "options": options, "out": str(Path(job.out) / "crawls" / base / f"probe-{tag}"),
+        "crawl_id": f"{base}-probe-{tag}", "round": 1, "queries": None, "class_targets": None,
         "seed_classes": seeds,
         "record_links": True,
         "skip_pool": job.out,  # judged already
     })  # fmt: skip
+
+
+def _on_web(page: str | None) -> bool:
+    return bool(page) and page.startswith(("http://", "https://"))
+
+
+def _home_pages(table, classes: list[str], trusted: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Per class that has any, the pool's pages holding a title with one of its trusted terms."""
+    rows = [r for r in table.select(["page_url", "title"]).to_pylist() if _on_web(r["page_url"])]
+    homes = {c: sorted({r["page_url"] for r in rows
+                        if feedback.title_terms(r["title"] or "") & trusted.get(c, set())})
+             for c in classes}  # fmt: skip
+    return {c: pages for c, pages in homes.items() if pages}
 
 
 def _together(*tables):

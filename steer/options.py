@@ -9,10 +9,11 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 MIN_CONFIDENCE = 0.5  # the teacher gives the class at least half its probability
-# A new search term's purity (steer/feedback.py). Chosen on a validation split: default KD3
-# students from the looped web-pool testbed, on 5,000 CIFAR-10 *train* images, 36.1% at 0.6
-# against 29.1% at 0.8 (bench/results/crawl_loop.txt), at some precision (0.96 / 0.90 of new
-# images in rounds 2 / 3 against 0.95 / 1.00).
+# A new search term's purity (steer/feedback.py). Chosen on a validation split for the loop on
+# the teacher's judgement alone (--no-grounded): default KD3 students from the looped web-pool
+# testbed, on 5,000 CIFAR-10 *train* images, 36.1% at 0.6 against 29.1% at 0.8
+# (bench/results/crawl_loop.txt). A grounded term needs only this or the purity of its class's
+# named images, whichever is lower.
 MIN_PURITY = 0.6
 
 

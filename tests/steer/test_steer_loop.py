@@ -391,3 +391,50 @@ def test_the_probe_takes_terms_from_pages_linked_both_ways_with_a_classs_own_pag
     assert rust_visits >= 2  # both probes judged the rust gallery
     assert "scarlet" in out[True] and "rust" not in out[True]
     assert "rust" in out[False]  # the teacher alone takes it
+
+
+def test_a_site_crawl_records_the_links_of_the_pages_it_reads(tmp_path):
+    from crawler.stats import links_path
+    from steer.loop import _crawl
+
+    images, synsets = world_images(seed=5)
+    bed = Testbed(images, synsets, [n for n, _ in SYNSETS], seed=0)
+    with LocalWeb() as server:
+        bed.serve(server)
+        start = server.url(bed.gallery_path(0))
+        crawl = job(tmp_path / "pool", bed)
+        options = crawl.options.model_copy(update={"sources": ["site"], "seeds": [start],
+                                                   "settings": {**FAST, "KD3_SITE_DEPTH": 1}})  # fmt: skip
+        for record in (True, False):
+            _crawl(crawl.model_copy(update={"options": options, "record_links": record,
+                                            "crawl_id": f"links-{record}"}))  # fmt: skip
+    links = json.loads(links_path(tmp_path / "pool", "links-True").read_text())
+    assert sorted(links[start]) == sorted(server.url(bed.gallery_path(s)) for s in bed.related[0])
+    assert set(links) == {start} | set(links[start])  # the seed and the pages one link away
+    assert not links_path(tmp_path / "pool", "links-False").exists()
+
+
+def test_a_class_no_title_names_is_found_through_pages_the_teacher_is_sure_of(tmp_path, teacher):
+    # No caption says red. The probe walks from the green pages (emerald -> lime -> crimson) and
+    # the teacher is sure of the crimson page, a lead; a second pass from it finds crimson and
+    # scarlet linked both ways, two topics the teacher puts in red: their names become searches.
+    x, y = make_images(8 * PER_SYNSET * 3, size=32, seed=5)
+    red, green = np.nonzero(y == 0)[0], np.nonzero(y == 1)[0]
+    images = np.concatenate([x[green[: 2 * PER_SYNSET]], x[red[: 2 * PER_SYNSET]]])
+    synsets = np.repeat(np.arange(4), PER_SYNSET)
+    bed = Testbed(images, synsets, ["emerald, green emerald", "lime", "crimson", "scarlet"], seed=0)
+    bed.related = {0: [1], 1: [2], 2: [3], 3: [2]}
+    with LocalWeb() as server:
+        bed.serve(server)
+        result = crawl_loop(job(tmp_path / "pool", bed), teacher,
+                            LoopOptions(rounds=2, useful_per_class=40, probe_images=200),
+                            log=lambda _m: None)  # fmt: skip
+        scarlet_pages = server.hits(bed.gallery_path(3))
+    first, second = result.rounds
+    assert first.useful["red"] == 0 and scarlet_pages >= 1
+    assert set(second.queries["red"]) >= {"crimson", "scarlet"}
+    assert "lime" not in second.queries.get("green", [])  # linked one way only
+    table = Pool.open(tmp_path / "pool").manifest()
+    found = table.filter(pc.equal(table["class_name"], "red")).to_pylist()
+    assert found and all(bed.synsets[bed.image_of(r["url"])] in (2, 3) for r in found)
+    assert second.useful["red"] > 0
