@@ -393,7 +393,7 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
     settings.append(("learned evidence off", {"learned_sure": 2.0}))
     settings += [
         (f"learned >= {t} from {a}", {"learned_sure": t, "verify_sim_learned": a})
-        for t, a in itertools.product((0.75, 0.8, 0.85), (0.89, 0.9, 0.91))
+        for t, a in itertools.product((0.75, 0.8, 0.85, 0.9), (0.86, 0.87, 0.88, 0.89, 0.9, 0.91))
     ]
     kinds = np.array([truth[u][0] for u in urls])
     source = sources(urls, truth)
