@@ -213,14 +213,17 @@ def grounded_terms(rows: list[dict], trusted: dict[str, set[str]], links: dict[s
         if page:
             on_page[page] |= terms
     for c in trusted:
-        orphan = not homes[c]
-        anchors = homes[c] or teacher_pages(votes, c)
-        for page, targets in links.items():
-            if page in homes[c] or (orphan and page not in anchors):
-                continue
-            # anchors on the cycle; for an orphan class, anchors about something else
-            near = {a for a in anchors - {page} if not orphan or not on_page[a] & on_page[page]}
-            if near & set(targets) and page in _within(links, near, CYCLE - 1):
+        if homes[c]:
+            reached = _within(links, homes[c], CYCLE - 1)
+            for page, targets in links.items():
+                if page in reached and page not in homes[c] and homes[c] & set(targets):
+                    out[c] |= on_page[page]
+            continue
+        anchors = teacher_pages(votes, c)
+        for page in anchors & links.keys():
+            # the other anchors about something else, on a cycle with it
+            near = {a for a in anchors - {page} if not on_page[a] & on_page[page]}
+            if near & set(links[page]) and page in _within(links, near, CYCLE - 1):
                 out[c] |= on_page[page]
     return out
 
