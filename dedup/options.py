@@ -49,8 +49,8 @@ class DedupOptions(BaseModel, extra="forbid"):
         True,
         description="use the learned copy descriptor (dedup/copy_net.py) against the evaluation "
         "set: the items it puts nearest a pool image become overlap candidates, and a candidate "
-        "it rates >= 0.75 needs alignment 0.89 at most (--no-learned: neither, and it is not "
-        "computed)",
+        "it rates as sure needs less alignment (dedup/decontaminate.py LEARNED_SURE, "
+        "VERIFY_SIM_LEARNED; --no-learned: neither, and it is not computed)",
     )
     network: Network = Field(
         "thumbnail-8",
