@@ -385,7 +385,6 @@ def _compute(pool, scope, extractor, model_key, learned, progress, result):
                         "expected (N, D)"
                     )
                 new_features = dict(zip(thumbs, out, strict=True))
-            new_nets = {}
             if squashed:
                 described = copy_net.describe(np.stack(list(squashed.values())))
                 new_nets = dict(zip(squashed, described, strict=True))

@@ -199,19 +199,16 @@ def grounded_terms(rows: list[dict], trusted: dict[str, set[str]], links: dict[s
                    teacher_id: str, min_confidence: float) -> dict[str, set[str]]:  # fmt: skip
     """Per class, the title terms tied to it by text or links (see the module's docstring)."""
     out: dict[str, set[str]] = {c: set() for c in trusted}
-    homes: dict[str, set[str]] = {c: set() for c in trusted}
     on_page: dict[str, set[str]] = defaultdict(set)  # page -> the title terms of its images
-    votes = page_votes(rows, teacher_id, min_confidence)
     for row in rows:
         terms = title_terms(row["title"] or "")
-        page = row.get("page_url")
         for c, known in trusted.items():
             if terms & known:
                 out[c] |= terms
-                if page:
-                    homes[c].add(page)
-        if page:
-            on_page[page] |= terms
+        if row.get("page_url"):
+            on_page[row["page_url"]] |= terms
+    homes = home_pages(rows, trusted)
+    votes = page_votes(rows, teacher_id, min_confidence)
     for c in trusted:
         if homes[c]:
             reached = _within(links, homes[c], CYCLE - 1)
@@ -226,6 +223,18 @@ def grounded_terms(rows: list[dict], trusted: dict[str, set[str]], links: dict[s
             if near & set(links[page]) and page in _within(links, near, CYCLE - 1):
                 out[c] |= on_page[page]
     return out
+
+
+def home_pages(rows: list[dict], trusted: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Per class, its home pages: the pages of titles holding one of its trusted terms."""
+    homes: dict[str, set[str]] = {c: set() for c in trusted}
+    for row in rows:
+        if row.get("page_url"):
+            terms = title_terms(row["title"] or "")
+            for c, known in trusted.items():
+                if terms & known:
+                    homes[c].add(row["page_url"])
+    return homes
 
 
 def page_votes(rows: list[dict], teacher_id: str, min_confidence: float) -> dict[str, Counter]:

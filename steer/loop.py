@@ -138,12 +138,13 @@ def crawl_loop(
             table = Pool.open(job.out).manifest()
             judged, links = table, {}
             trusted = used if options.grounded else None
+            homes = _home_pages(table, thin, trusted) if trusted is not None else {}
             # explore beyond the pool for terms it cannot give; a second pass starts at once
             # from the pages the first found for a class no page names (its leads)
             only = None
             for tag in (f"r{k}", f"r{k}b") if options.probe_images else ():
                 probe = _probe(job, base, tag, table, only or thin, options.probe_images, seen,
-                               trusted, leads)  # fmt: skip
+                               homes, leads if trusted is not None else None)  # fmt: skip
                 if probe is None:
                     break
                 stats = _crawl(probe)
@@ -159,8 +160,7 @@ def crawl_loop(
                                             options.min_confidence)  # fmt: skip
                 for c in thin:
                     leads.setdefault(c, set()).update(feedback.teacher_pages(votes, c))
-                nameless = set(thin) - set(_home_pages(table, thin, trusted or {}))
-                only = [c for c in thin if c in nameless and leads[c] - seen]
+                only = [c for c in thin if c not in homes and leads[c] - seen]
                 if trusted is None or not only:
                     break
             found = feedback.expand(judged, thin, score.teacher_id, options.min_confidence,
@@ -198,16 +198,15 @@ def _round_job(job: CrawlJob, k: int, crawl_id: str, queries, targets, seeds) ->
 
 
 def _probe(job: CrawlJob, base: str, tag: str, table, thin: list[str], images: int,
-           seen: set[str], trusted: dict[str, set[str]] | None,
-           leads: dict[str, set[str]]) -> CrawlJob | None:  # fmt: skip
+           seen: set[str], homes: dict[str, list[str]],
+           leads: dict[str, set[str]] | None) -> CrawlJob | None:  # fmt: skip
     """The crawl of a probe (`tag`: r<round>, r<round>b for a second pass): up to `images` images
     into a side pool (POOL/crawls/<base>/probe-<tag>) that the teacher scores for new terms,
-    then removed: it is
-    never distilled from. It follows links PROBE_DEPTH deep and records them (feedback's
-    grounding), from up to PROBE_SEEDS pages per class not crawled from before:
-    - grounded (`trusted`), for each thin class, its home pages (a title holding one of its
-      trusted terms); for a class without one, the pages where an earlier probe found the
-      teacher sure of it (`leads`: the cycles through them are what ground its terms);
+    then removed: it is never distilled from. It follows links PROBE_DEPTH deep and records
+    them (feedback's grounding), from up to PROBE_SEEDS pages per class not crawled from before:
+    - grounded (`leads` given), for each thin class, its home pages (`homes`: a title holding
+      one of its trusted terms); for a class without one, the pages where an earlier probe
+      found the teacher sure of it (`leads`: the cycles through them ground its terms);
     - for the thin classes with neither, or when not grounded: any of the pool's pages.
     An image is filed under the class whose pages led to it, only to be taken: the teacher's
     judgement is what counts. The pool's own images are not fetched again. None when there is
@@ -215,8 +214,8 @@ def _probe(job: CrawlJob, base: str, tag: str, table, thin: list[str], images: i
     if "page_url" not in table.column_names:
         return None
     rng = np.random.default_rng(list(tag.encode()))
-    starts = _home_pages(table, thin, trusted) if trusted is not None else {}
-    if trusted is not None:
+    starts = {c: homes[c] for c in thin if c in homes}
+    if leads is not None:
         starts |= {c: sorted(leads[c] - seen) for c in thin
                    if c not in starts and leads.get(c, set()) - seen}  # fmt: skip
     orphans = [c for c in thin if not starts.get(c)]
@@ -249,12 +248,12 @@ def _on_web(page: str | None) -> bool:
 
 
 def _home_pages(table, classes: list[str], trusted: dict[str, set[str]]) -> dict[str, list[str]]:
-    """Per class that has any, the pool's pages holding a title with one of its trusted terms."""
+    """Per class that has any, the pool's web pages that are its home pages (feedback)."""
+    if "page_url" not in table.column_names:
+        return {}
     rows = [r for r in table.select(["page_url", "title"]).to_pylist() if _on_web(r["page_url"])]
-    homes = {c: sorted({r["page_url"] for r in rows
-                        if feedback.title_terms(r["title"] or "") & trusted.get(c, set())})
-             for c in classes}  # fmt: skip
-    return {c: pages for c, pages in homes.items() if pages}
+    homes = feedback.home_pages(rows, {c: trusted.get(c, set()) for c in classes})
+    return {c: sorted(pages) for c, pages in homes.items() if pages}
 
 
 def _together(*tables):
@@ -287,7 +286,7 @@ def _seed_pages(table, thin: list[str], teacher_id: str, min_confidence: float,
     for r in rows:
         if (r["status"] == "kept" and r["teacher_id"] == teacher_id and r["page_url"]
                 and r["teacher_class"] in counts and r["teacher_confidence"] >= min_confidence
-                and r["page_url"].startswith(("http://", "https://"))):  # fmt: skip
+                and _on_web(r["page_url"])):  # fmt: skip
             counts[r["teacher_class"]][r["page_url"]] += 1
     out: dict[str, tuple[str, int]] = {}
     for c in thin:
