@@ -93,6 +93,10 @@ def build_pool(
 TARGET = 0.95  # recall, every family alone and in pairs
 COHORT_WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.6)  # threshold change per unit of cohort alignment (tuning)
 FP_TARGET = 0.001
+# with --tune-from, pairs with a learned similarity from here whose views line up below
+# ZOOM_TUNE_BELOW are zoom-searched: the tuning table's learned rows are exact up to there
+ZOOM_TUNE_LEARNED = 0.6
+ZOOM_TUNE_BELOW = 0.9
 
 
 def same_photos() -> dict[int, int]:
@@ -125,9 +129,9 @@ def main() -> None:
     parser.add_argument(
         "--tune-from",
         type=float,
-        help="for tuning: verify at this (lower) threshold and align every pair from there up "
-        "with its cohort, so each row of the tuning table from there up is exact (the recall "
-        "table then shows this threshold, not the default)",
+        help="for tuning: align every pair from this alignment up with its cohort, and "
+        "zoom-search every pair with some learned similarity, so each row of the tuning table "
+        "from there up is exact (the recall table still shows the defaults)",
     )
     parser.add_argument("--network", default=defaults.network)
     parser.add_argument("--teacher", help="embed with this teacher checkpoint's pooled features")
@@ -356,9 +360,14 @@ def options(args):
     from dedup import decontaminate
 
     # dedup aligns only the pairs whose decision a cohort can change at ITS threshold; the
-    # table's higher thresholds need the pairs above that too
+    # table's higher thresholds need the pairs above that too; likewise it zoom-searches
+    # only the pairs its learned rule backs, and the table's looser rules need more
     decontaminate._needs_cohort = lambda align, *rest: align >= args.tune_from
-    return DedupOptions(radius=args.radius, similarity=args.sim, verify_sim=args.tune_from)
+    decontaminate._needs_zoom = lambda align, learned, other: (
+        (np.nan_to_num(learned, nan=-1.0) >= ZOOM_TUNE_LEARNED) & (align < ZOOM_TUNE_BELOW)
+    )
+    # the run's own threshold stays: it also decides which cohort items are the same picture
+    return DedupOptions(radius=args.radius, similarity=args.sim)
 
 
 def network(args):
@@ -393,7 +402,7 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
     settings.append(("learned evidence off", {"learned_sure": 2.0}))
     settings += [
         (f"learned >= {t} from {a}", {"learned_sure": t, "verify_sim_learned": a})
-        for t, a in itertools.product((0.75, 0.8, 0.85, 0.9), (0.86, 0.87, 0.88, 0.89, 0.9, 0.91))
+        for t, a in itertools.product((0.65, 0.7, 0.75, 0.8), (0.84, 0.85, 0.86, 0.87, 0.88, 0.89))
     ]
     kinds = np.array([truth[u][0] for u in urls])
     source = sources(urls, truth)
@@ -423,6 +432,7 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
             min(vs, sim_hash),
             learned=cand.learned,
             learned_other=cand.learned_other,
+            zoomed=cand.zoomed,
             **kw,
         )
         for split in ("tune", "report"):
@@ -464,6 +474,7 @@ def miss_table(cand, urls, truth, radius, verify_sim, sim_hash) -> None:
         sim_hash,
         learned=cand.learned,
         learned_other=cand.learned_other,
+        zoomed=cand.zoomed,
     )
     source = sources(urls, truth)
     own = source[cand.row] == cand.item

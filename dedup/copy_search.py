@@ -64,27 +64,42 @@ def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndar
 
 def learned_nearest(index, net: np.ndarray, progress: bool = False):
     """(pool row, item, similarity): the NET_TOP evaluation items nearest each pool row's learned
-    descriptor in `net` (dedup/copy_net.py; by the item or its mirror, in `index.net`), best
-    first. Those at NET_FLOOR or above are candidates; the runner-up tells how much the best
-    stands out."""
+    descriptors in `net` (dedup/copy_net.py view_descriptors, zeros for absent views, or one
+    descriptor per row), by the item or its mirror in `index.net` and the row's best view,
+    best first. Those at NET_FLOOR or above are candidates; the runner-up tells how much the
+    best stands out."""
     from dedup import copy_net
 
+    dim = index.net.shape[1]
+    per_row = net.shape[1] // dim
+    per_view = net.reshape(-1, dim)
+    present = np.nonzero(np.abs(per_view).sum(1) > 0)[0]  # views the image has
     out = []
     for found in embeddings.similar_chunks(
         index.net,
-        net,
+        per_view[present],
         -1.0,
         k=copy_net.PER_ITEM * NET_TOP,
         nprobe=NPROBE,
         progress=progress,
         desc="overlap learned",
     ):
-        item = found.db // copy_net.PER_ITEM
-        keep = _first_places(found.query, item, NET_TOP)
-        out.append((found.query[keep], item[keep], found.sim[keep]))
+        out.append(
+            _best_per_row(present[found.query] // per_row, found.db // copy_net.PER_ITEM, found.sim)
+        )
     if not out:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    return tuple(np.concatenate(a) for a in zip(*out, strict=True))
+    # a row's views may fall in two chunks
+    return _best_per_row(*(np.concatenate(a) for a in zip(*out, strict=True)))
+
+
+def _best_per_row(row, item, sim):
+    """The NET_TOP most similar distinct items of each row (by their best similarity), ordered
+    by row and, within a row, best first."""
+    order = np.lexsort((-sim, row))
+    row, item, sim = row[order], item[order], sim[order]
+    keep = _first_places(row, item, NET_TOP)
+    return row[keep], item[keep], sim[keep]
 
 
 def nearest_items(index, desc: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,8 @@ also mirrored. The pool side is normalised instead: each pool image is looked at
 it has a plain frame (a border, letterbox bars, a page around a screenshot), as the picture
 inside it (dedup/views.py). A pool image is a candidate for an evaluation item when its views'
 copy descriptors (8x8 luminance) find the item (dedup/copy_search.py), when the learned copy
-descriptor of the whole image (dedup/copy_net.py) puts the item among its nearest, when its hash
-is within CANDIDATE_RADIUS (inclusive) of one of the item's codes, or when its features reach
+descriptors of its views (dedup/copy_net.py) put the item among their nearest, when its hash is
+within CANDIDATE_RADIUS (inclusive) of one of the item's codes, or when its features reach
 `candidate_sim` against one of the item's features.
 
 Verification (dedup/verify.py): a candidate pair is a match when a view of the pool image lines
@@ -21,7 +21,13 @@ pixels always match.
 The threshold rises for a pool image that lines up well with other items (its cohort: the
 COHORT items nearest its view by copy descriptor, its own candidate left out): a plain or
 blurry image lines up fairly well with many items, so lining up with one more is weak proof of
-a copy, while a detailed image lines up with none but its source. The rise is COHORT_WEIGHT x
+a copy, while a detailed image lines up with none but its source.
+
+A pair the learned descriptor backs that still lines up poorly may be a zoomed-out copy whose
+frame dedup/views.py could not cut (a caption or a logo across the border, a busy page): its
+pool image is searched for the picture at every size from half its side up
+(verify.zoom_alignment), and the better score kept. Such a match always needs the learned
+backing: an unrelated image offers so many windows that one of them lines up too often. The rise is COHORT_WEIGHT x
 (the cohort's best alignment - COHORT_START), when positive: score normalisation against
 impostors, as speaker verification and SSCD do. Only pairs in the grey zone, whose decision the
 cohort can change, are aligned with their cohort. A cohort item that lines up with the
@@ -158,6 +164,7 @@ class Overlap:
     cohort: float | None = None  # best alignment with another item (None: not needed)
     learned: float | None = None  # learned-descriptor similarity (dedup/copy_net.py)
     learned_other: float | None = None  # ... of the pool image's nearest other item
+    zoomed: bool = False  # the window is a part of the pool image (verify.zoom_alignment)
 
     @property
     def evidence_note(self) -> str:
@@ -173,7 +180,7 @@ class Overlap:
     @property
     def how(self) -> str:
         """The best view and window in words, e.g. "picture in a frame, crop 12%, mirrored"."""
-        return "" if self.window is None else describe(self.view, self.window)
+        return "" if self.window is None else describe(self.view, self.window, self.zoomed)
 
 
 @dataclass
@@ -190,6 +197,7 @@ class Candidates:
     cohort: np.ndarray  # best alignment with a cohort item, NaN outside the grey zone
     learned: np.ndarray  # learned-descriptor similarity (dedup/copy_net.py), NaN without one
     learned_other: np.ndarray  # ... of the pool image's nearest other item
+    zoomed: np.ndarray  # whether the best window is a part of the pool image (zoom_alignment)
 
 
 def find_overlaps(
@@ -222,7 +230,7 @@ def find_overlaps(
     ham, sim = _pair_scores(index, codes, features, rows, items)
     learned = _learned_similarity(index, net, rows, items)
     learned_other = _learned_runner_up(nearest, rows, items)
-    align, view, window, cohort = _best_view_alignment(
+    align, view, window, cohort, zoomed = _best_view_alignment(
         index,
         rows,
         items,
@@ -232,6 +240,7 @@ def find_overlaps(
         ),
         verify_sim,
         progress,
+        lambda a: _needs_zoom(a, learned, learned_other),
     )
     accept = accepts(
         align,
@@ -243,6 +252,7 @@ def find_overlaps(
         verify_sim_hash,
         learned=learned,
         learned_other=learned_other,
+        zoomed=zoomed,
     )
     out: dict[int, Overlap] = {}
     order = np.argsort(-align, kind="stable")
@@ -261,6 +271,7 @@ def find_overlaps(
                 None if np.isnan(cohort[k]) else float(cohort[k]),
                 None if np.isnan(learned[k]) else float(learned[k]),
                 None if np.isnan(learned_other[k]) else float(learned_other[k]),
+                bool(zoomed[k]),
             )
     for row, (pixels, data) in enumerate(zip(pixel_sha, byte_sha, strict=True)):
         item, reason = index.byte_sha.get(data), "exact-bytes"
@@ -270,7 +281,7 @@ def find_overlaps(
             h, s = _pair_scores(index, codes, features, np.array([row]), np.array([item]))
             out[row] = Overlap(item, reason, int(h[0]), None if s is None else float(s[0]), None)
     return out, Candidates(
-        rows, items, ham, sim, align, view, window, cohort, learned, learned_other
+        rows, items, ham, sim, align, view, window, cohort, learned, learned_other, zoomed
     )
 
 
@@ -288,19 +299,24 @@ def accepts(
     learned_other: np.ndarray | None = None,
     learned_sure: float = LEARNED_SURE,
     verify_sim_learned: float = VERIFY_SIM_LEARNED,
+    zoomed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Which verified pairs match: alignment >= the least threshold that applies to the pair
     (_least_threshold; the learned descriptor's backing counts only where the cohort stays
-    below COHORT_START); `moved_margin` more when the best window is cropped or turned (one
-    of many windows tried, so an unrelated image reaches a high score there more easily), and
-    `cohort_weight` x (cohort - COHORT_START) more where that is positive (cohort NaN: the
-    pair has none, no rise)."""
+    below COHORT_START); `moved_margin` more when the best window is cropped, turned or a
+    zoomed part of the pool image (one of many windows tried, so an unrelated image reaches a
+    high score there more easily), and `cohort_weight` x (cohort - COHORT_START) more where
+    that is positive (cohort NaN: the pair has none, no rise). A `zoomed` pair matches only
+    with the learned backing."""
+    zoomed = np.zeros(len(align), bool) if zoomed is None else zoomed
     rise = np.nan_to_num(cohort_weight * np.maximum(cohort - COHORT_START, 0), nan=0.0)
-    need = moved_margin * _moved(window) + rise
+    need = moved_margin * (_moved(window) | zoomed) + rise
     sure = _learned_sure(learned, learned_other, learned_sure)
     if sure is not None:  # not for bland images, which line up with other items too
         sure &= ~(np.nan_to_num(cohort, nan=-1.0) >= COHORT_START)
     least = _least_threshold(ham, sure, radius, verify_sim, verify_sim_hash, verify_sim_learned)
+    backed = np.zeros(len(align), bool) if sure is None else sure
+    least = np.where(zoomed & ~backed, np.inf, least)
     return align >= least + need
 
 
@@ -335,20 +351,33 @@ def _needs_cohort(align, ham, learned, learned_other, radius, verify_sim, verify
     )
 
 
+def _needs_zoom(align, learned, learned_other):
+    """The pairs worth a zoom search: the learned descriptor backs them and their views line
+    up short of what the backing asks (VERIFY_SIM_LEARNED plus the moved margin)."""
+    sure = _learned_sure(learned, learned_other)
+    if sure is None:
+        return np.zeros(len(align), bool)
+    return sure & (align < VERIFY_SIM_LEARNED + MOVED_MARGIN)
+
+
 def _moved(window: np.ndarray) -> np.ndarray:
     """Whether each best window is cropped or turned (dedup/verify.py window_shape)."""
     crop, angle, _ = verify.window_shape(window)
     return (crop > 0) | (angle != 0)
 
 
-def _best_view_alignment(index, rows, items, load_views, needs_cohort, same_picture, progress):
-    """Alignment of each (pool row, item) pair, the best over the row's views, what the
-    best view and window say about the copy (dedup/verify.py describe), and, for the pairs
-    `needs_cohort(alignments)` picks, the best view's cohort alignment (items aligned with the
-    pair's item at `same_picture` left out)."""
+def _best_view_alignment(
+    index, rows, items, load_views, needs_cohort, same_picture, progress, needs_zoom=None
+):
+    """Alignment of each (pool row, item) pair, the best over the row's views and, for the
+    pairs `needs_zoom(alignments)` picks, over the parts of the whole image
+    (verify.zoom_alignment); what the best view and window say about the copy (`describe`);
+    for the pairs `needs_cohort(alignments)` picks, the best view's cohort alignment (items
+    aligned with the pair's item at `same_picture` left out); and whether the best window is
+    a zoomed part."""
     if not len(rows):
         none = np.zeros(0, np.int64)
-        return np.zeros(0, np.float32), none, none, np.zeros(0, np.float32)
+        return np.zeros(0, np.float32), none, none, np.zeros(0, np.float32), np.zeros(0, bool)
     need = np.unique(rows)
     thumbs, owner = load_views(need)
     # every view of each candidate row against each of the row's items
@@ -369,13 +398,22 @@ def _best_view_alignment(index, rows, items, load_views, needs_cohort, same_pict
     order = np.lexsort((score, pair))
     last = np.append(pair[order][1:] != pair[order][:-1], True)  # each pair's best view
     top = order[last]
-    align = score[top]
+    align, view, window = score[top], rank[top], window[top]
+    zoomed = np.zeros(len(rows), bool)
+    ask = np.nonzero(needs_zoom(align))[0] if needs_zoom is not None else np.zeros(0, int)
+    if len(ask):  # the first view of a row is its whole image
+        zoom, zoom_window = verify.zoom_alignment(
+            thumbs, index.thumbs, first[local[ask]], items[ask], progress
+        )
+        better = zoom > align[ask]
+        ask = ask[better]
+        align[ask], view[ask], window[ask], zoomed[ask] = zoom[better], 0, zoom_window[better], True
     cohort = np.full(len(rows), np.nan, np.float32)
     zone = np.nonzero(needs_cohort(align))[0]
     if len(zone):
-        best_thumbs = thumbs[first[local[zone]] + rank[top[zone]]]
+        best_thumbs = thumbs[first[local[zone]] + view[zone]]
         cohort[zone] = _cohort_alignment(index, best_thumbs, items[zone], same_picture, progress)
-    return align, rank[top], window[top], cohort
+    return align, view, window, cohort, zoomed
 
 
 def _cohort_alignment(index, thumbs, items, same_picture: float, progress=False):
@@ -405,6 +443,8 @@ def edit_kind(overlap: Overlap) -> str:
     or retouched (resized, re-encoded, recoloured, overlaid: lined up as a whole)."""
     if overlap.window is None:
         return "exact"
+    if overlap.zoomed:
+        return "framed"
     crop, angle, mirrored = verify.window_shape(overlap.window)
     for kind, applies in (
         ("framed", overlap.view > 0),
@@ -417,8 +457,10 @@ def edit_kind(overlap: Overlap) -> str:
     return "retouched"
 
 
-def describe(view: int, window: int) -> str:
+def describe(view: int, window: int, zoomed: bool = False) -> str:
     """The best view and window of a verified pair in words."""
+    if zoomed:
+        return verify.describe_zoom(window)
     frame = ["", "picture in a frame, ", "picture in a frame in a frame, "][view]
     return frame + verify.describe(window)
 
@@ -481,14 +523,18 @@ def _learned_runner_up(nearest, rows, items) -> np.ndarray:
 
 
 def _learned_similarity(index, net, rows, items) -> np.ndarray:
-    """Learned-descriptor similarity of each pool row to its item (or the item's mirror)."""
+    """Learned-descriptor similarity of each pool row to its item (or the item's mirror), by
+    the row's best view (an absent view's zero descriptor scores 0)."""
     if net is None or index.net is None:
         return np.full(len(rows), np.nan, np.float32)
-    per_item = index.net.reshape(-1, copy_net.PER_ITEM, index.net.shape[1])
+    dim = index.net.shape[1]
+    per_item = index.net.reshape(-1, copy_net.PER_ITEM, dim)
+    per_row = net.reshape(len(net), -1, dim)
     out = np.empty(len(rows), np.float32)
     for s in range(0, len(rows), PAIR_CHUNK):
         r, it = rows[s : s + PAIR_CHUNK], items[s : s + PAIR_CHUNK]
-        out[s : s + PAIR_CHUNK] = np.einsum("nvd,nd->nv", per_item[it], net[r]).max(axis=1)
+        sim = np.einsum("nwd,nvd->nwv", per_item[it], per_row[r])
+        out[s : s + PAIR_CHUNK] = sim.max(axis=(1, 2))
     return out
 
 

@@ -355,9 +355,11 @@ def _compute(pool, scope, extractor, model_key, learned, progress, result):
         except Exception as exc:
             return sha, None, None, None, None, f"undecodable: {type(exc).__name__}: {exc}"[:200]
         hashed = hashes.get(sha) or image_hashes(img)
-        copy = copies[sha] if sha in copies else views.view_descriptors(img)
+        describe = learned and sha not in nets
+        pictures = views.pictures(img) if sha not in copies or describe else None
+        copy = copies[sha] if sha in copies else views.view_descriptors(img, views=pictures)
         thumb = np.asarray(resize_center_crop(img, size)) if extractor is not None else None
-        squashed = copy_net.squash(img) if learned and sha not in nets else None
+        squashed = [copy_net.squash(p) for p in pictures] if describe else None
         return sha, hashed, copy, thumb, squashed, None
 
     bar = tqdm(total=len(todo), disable=not progress or not todo, desc="hash + embed", unit="image")
@@ -386,7 +388,7 @@ def _compute(pool, scope, extractor, model_key, learned, progress, result):
                     )
                 new_features = dict(zip(thumbs, out, strict=True))
             if squashed:
-                described = copy_net.describe(np.stack(list(squashed.values())))
+                described = copy_net.view_descriptors(list(squashed.values()))
                 new_nets = dict(zip(squashed, described, strict=True))
                 net_cache.append(new_nets)
                 nets.update(new_nets)

@@ -46,6 +46,7 @@ MAX_TRIM = 0.3  # most share left out, where that many samples are outliers
 OUTLIER = 2.5  # a sample whose residual is this many times the median residual is an outlier
 SOFT_BLUR = 7  # box side of the second, softer comparison (blurred copies)
 SOFT_GATE = 0.6  # ... made only when the pool image has less than this share of the item's detail
+ZOOM_MIN_SIDE = 16  # zoom_alignment: the picture may be half the pool image's side
 ITEMS_PER_CHUNK = 64  # evaluation items whose window descriptors are held at once
 ROWS_PER_CHUNK = 4096  # pool thumbnails turned into descriptors at once (bounded memory)
 
@@ -307,6 +308,41 @@ def _best(pool_desc, rows: np.ndarray, item_desc, device):
     p = pool_desc[torch.from_numpy(rows).to(device)]  # (m, 4, G)
     best = (p.flatten(1) @ item_desc.flatten(1).T).argmax(1)  # the best window of each
     return _score(p, item_desc[best]).cpu().numpy(), best.cpu().numpy()
+
+
+def zoom_alignment(pool_thumbs, eval_thumbs, pool_rows, eval_rows, progress: bool = False):
+    """Alignment of each pair where the picture may fill only part of the pool image: upright
+    windows of the pool image (sides ZOOM_MIN_SIDE..SIZE, at every integer offset, mirrored or
+    not) against the whole evaluation image, with the best window of each. For a zoomed-out
+    copy whose frame is not plain enough for dedup/views.py to cut (a caption or logo across
+    the border, a page with a busy layout): `alignment` with the two sides' roles swapped.
+    The windows are described per pool image here, not once per evaluation item shared by
+    many pairs, so a pair costs far more than in `alignment`: it is run for few pairs."""
+    return alignment(
+        eval_thumbs,
+        pool_thumbs,
+        eval_rows,
+        pool_rows,
+        progress,
+        "verify zoomed-out copies",
+        min_side=ZOOM_MIN_SIDE,
+        angles=(0.0,),
+        with_window=True,
+        soft=False,
+    )
+
+
+def zoom_share(window):
+    """The share of the pool image's side that a `zoom_alignment` window covers (the picture's
+    size in the copy), and whether it is mirrored."""
+    crop, _, mirrored = window_shape(window, ZOOM_MIN_SIDE, (0.0,))
+    return 1 - crop, mirrored
+
+
+def describe_zoom(window: int) -> str:
+    """A `zoom_alignment` window in words, e.g. "picture at 62% of the image, mirrored"."""
+    share, mirrored = zoom_share(window)
+    return f"picture at {share:.0%} of the image" + (", mirrored" if mirrored else "")
 
 
 def pair_alignment(

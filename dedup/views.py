@@ -288,15 +288,21 @@ def _upright_box(region: np.ndarray):
     return float(fill), cx, cy, float(uhi - ulo), float(vhi - vlo), float(angle)
 
 
-def thumbnails(img: Image.Image, size: int) -> list[np.ndarray]:
-    """The image's square thumbnail, then, while the picture has a plain frame of its own (a
-    framed copy in a screenshot), the thumbnail of the picture inside each frame, turned
-    upright: at most VIEWS in all."""
-    out = [np.asarray(resize_center_crop(img, size))]
+def pictures(img: Image.Image) -> list[Image.Image]:
+    """The views of an image: itself, then, while the picture has a plain frame of its own (a
+    framed copy in a screenshot), the picture inside each frame, turned upright: at most VIEWS
+    in all."""
+    out = [img]
     while len(out) < VIEWS and (picture := find_picture(img)) is not None:
         img = picture.crop(img)
-        out.append(np.asarray(resize_center_crop(img, size)))
+        out.append(img)
     return out
+
+
+def thumbnails(img: Image.Image, size: int, views: list[Image.Image] | None = None):
+    """Square thumbnails (uint8 arrays) of the image's views (`pictures`, or `views` when
+    already found)."""
+    return [np.asarray(resize_center_crop(v, size)) for v in views or pictures(img)]
 
 
 COPY_GRID = 8  # the copy descriptor is an 8x8 luminance thumbnail
@@ -316,10 +322,12 @@ def copy_descriptor(thumbs: np.ndarray) -> np.ndarray:
     return small / np.maximum(np.linalg.norm(small, axis=1, keepdims=True), 1e-6)
 
 
-def view_descriptors(img: Image.Image, size: int = 32) -> np.ndarray:
-    """(VIEWS * 64,) copy descriptors of the image's views, zeros for a view it does not have
-    (what dedup caches per pool image)."""
+def view_descriptors(
+    img: Image.Image, size: int = 32, views: list[Image.Image] | None = None
+) -> np.ndarray:
+    """(VIEWS * 64,) copy descriptors of the image's views (`pictures`, or `views` when already
+    found), zeros for a view it does not have (what dedup caches per pool image)."""
     out = np.zeros((VIEWS, COPY_GRID * COPY_GRID), np.float32)
-    thumbs = thumbnails(img, size)
+    thumbs = thumbnails(img, size, views)
     out[: len(thumbs)] = copy_descriptor(np.stack(thumbs))
     return out.reshape(-1)

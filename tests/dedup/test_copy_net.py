@@ -4,6 +4,8 @@ and a broken weights file stops dedup with a clear error before the manifest cha
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -177,3 +179,32 @@ def test_the_learned_descriptor_backs_heavily_retouched_copies_and_no_unrelated_
     # each one more is a copy whose alignment fell short of 0.93 (plus the margin for a moved
     # window), with the learned similarity in its reason
     assert all(float(r.split()[1].rstrip(",")) < 0.95 and ", learned 0." in r for r in backed)
+
+
+def small_in_page(img: Image.Image, k: int) -> Image.Image:
+    """The picture at a third of a page's side, with a title bar and caption lines."""
+    page = Image.new("RGB", (200, 200), (235, 235, 240))
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((0, 0, 200, 16), fill=(30, 60, 150))
+    for j in range(6):
+        draw.text((8, 120 + 12 * j), "some caption text on the page", fill=(20, 20, 20))
+    page.paste(img.resize((64, 64), Image.Resampling.BICUBIC), (20 + 3 * k, 30))
+    return page
+
+
+def test_a_picture_small_in_a_page_is_described_by_its_view_too(items, item_descriptors):
+    """Squashed whole, a picture at a third of the page's side is far from its source; the view
+    dedup/views.py cuts out is near it, and learned_nearest finds each page's item by its best
+    view, one row per page."""
+    pages = [views.pictures(small_in_page(items[k], k)) for k in range(20)]
+    assert all(len(p) == 2 for p in pages)
+    net = copy_net.view_descriptors([[copy_net.squash(v) for v in p] for p in pages])
+    assert net.shape == (20, views.VIEWS * copy_net.DIM)
+    assert not net.reshape(20, views.VIEWS, -1)[:, 2].any()  # no third view: zeros
+    per_view = net.reshape(20, views.VIEWS, -1)[:, :2] @ item_descriptors.T
+    own = per_view.reshape(20, 2, -1, copy_net.PER_ITEM).max(3)[np.arange(20), :, np.arange(20)]
+    assert own[:, 0].max() < 0.7 and own[:, 1].min() > 0.9, own  # whole, then the view
+    rows, found, sim = copy_search.learned_nearest(SimpleNamespace(net=item_descriptors), net)
+    assert list(rows) == [r for r in range(20) for _ in range(copy_search.NET_TOP)]
+    assert list(found[:: copy_search.NET_TOP]) == list(range(20))
+    assert np.allclose(sim[:: copy_search.NET_TOP], own[:, 1], atol=1e-4)

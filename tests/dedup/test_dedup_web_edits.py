@@ -299,3 +299,43 @@ def test_report_counts_overlaps_by_edit_and_shows_them(tmp_path):
     assert "turned +5 deg" in reasons["http://x/1"]
     sheet = Image.open(report["contact_sheet"])
     assert sheet.height >= 2 * 64  # a row of pairs per kind of edit
+
+
+def on_gradient(img: Image.Image, scale: float, at: float) -> Image.Image:
+    """The picture shrunk to `scale` of the side on a colour gradient (a busy page): no plain
+    frame for views.find_picture to cut."""
+    x = np.linspace(0, 1, 96)
+    ramp = np.stack(np.broadcast_arrays(40 + 180 * x, 60 + 150 * x[:, None], 200 - 120 * x), 2)
+    canvas = Image.fromarray(ramp.astype(np.uint8))
+    side = round(96 * scale)
+    small = img.resize((side, side), Image.Resampling.BICUBIC)
+    canvas.paste(small, (round((96 - side) * at), (96 - side) // 2))
+    return canvas
+
+
+def test_a_zoomed_out_copy_on_a_busy_page_is_found_by_the_zoom_search(tmp_path, monkeypatch):
+    """No frame can be cut from a gradient page, so only the zoom search (the picture sought
+    at every size in the whole image, for pairs the learned descriptor backs) lines these
+    copies up; unrelated pictures on the same pages are not matched."""
+    from dedup import decontaminate
+
+    originals = [textured(3000 + k) for k in range(60)]
+    np.savez(tmp_path / "eval.npz", x=np.stack([np.asarray(o) for o in originals]))
+    copies = [on_gradient(originals[k], 0.55 + 0.005 * k, 0.3 + 0.015 * k) for k in range(30)]
+    others = [on_gradient(textured(8000 + k), 0.55 + 0.005 * k, 0.5) for k in range(30)]
+    assert not any(views.find_picture(c) for c in copies)
+    pool = Pool.create(tmp_path / "pool")
+    pool.add([NewImage(encode(img), url=f"http://x/{k}") for k, img in enumerate(copies + others)])
+
+    def flagged() -> dict[str, str]:
+        dedup_pool(pool.root, Opts(), eval_set=tmp_path / "eval.npz")
+        rows = [r for r in pool.manifest().to_pylist() if r["status"] == "test_overlap"]
+        assert all(r["eval_match"].split("#")[1] == r["url"].split("/")[-1] for r in rows)
+        return {r["url"]: r["status_reason"] for r in rows}
+
+    found = flagged()
+    assert len(found) >= 20 and all(int(u.split("/")[-1]) < 30 for u in found), found
+    zoomed = [r for r in found.values() if "picture at " in r]
+    assert len(zoomed) >= 15 and all(", learned 0." in r for r in zoomed), found
+    monkeypatch.setattr(decontaminate, "_needs_zoom", lambda align, *rest: align < -1)
+    assert len(flagged()) <= len(found) - len(zoomed)
