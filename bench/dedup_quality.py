@@ -194,7 +194,9 @@ def main() -> None:
     print(
         f"decontamination: candidates from copy descriptors (top {s['copy_top_items']} items, "
         f">= {s['copy_floor']}), the learned descriptor {s['learned_descriptor']} (top "
-        f"{s['learned_top_items']} items, >= {s['learned_floor']}), hash radius <= {s['candidate_radius']} or similarity >= "
+        f"{s['learned_top_items']} items, >= {s['learned_floor']}, the nearest from "
+        f"{s['learned_floor_standing_out']['similarity']} when "
+        f"{s['learned_floor_standing_out']['above_next_item']} above the next), hash radius <= {s['candidate_radius']} or similarity >= "
         f"{s['candidate_sim']}; accepted when alignment >= {s['verify_sim']} "
         f"(>= {s['verify_sim_with_hash']} with hash <= {s['radius']}), "
         f"{s['verify_margin_moved']} more for a cropped or turned window, "
@@ -203,7 +205,11 @@ def main() -> None:
         f"{(s['verify_learned'] or {}).get('verify_sim')} where the learned similarity is >= "
         f"{(s['verify_learned'] or {}).get('similarity')} and "
         f"{(s['verify_learned'] or {}).get('above_next_item')} above the next item's, and the "
-        "best other item stays below the cohort start"
+        f"best other item stays below {(s['verify_learned'] or {}).get('ignored_from_cohort')} "
+        "(then also for the picture sought at any size from "
+        f"{(s['verify_learned'] or {}).get('zoom_search_min_side')} of the side); refused where "
+        f"the learned descriptor rates another item "
+        f"{(s['verify_learned'] or {}).get('refused_below_another_item_by')} higher"
     )
     print(f"pool of {len(rows)} images built in {built:.0f} s; dedup in {elapsed:.0f} s")
     print(f"verified candidate pairs: {len(result.candidates.row)}\n")
@@ -227,7 +233,7 @@ def main() -> None:
         f"the alignment check confirmed {pairs['confirmed']} as duplicates"
     )
     learned = s["verify_learned"] or {}
-    lowest = min(s["verify_sim_with_hash"], learned.get("verify_sim", 1.0))
+    lowest = args.tune_from or min(s["verify_sim_with_hash"], learned.get("verify_sim", 1.0))
     tuning_table(result.candidates, urls, truth, args.radius, VERIFY_SIM_HASH, lowest)
     miss_table(
         result.candidates, urls, truth, args.radius, s["verify_sim"], s["verify_sim_with_hash"]
@@ -399,11 +405,13 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
         (f"verify_sim {vs} cohort {w}", {"verify_sim": vs, "cohort_weight": w})
         for vs, w in itertools.product((0.90, 0.91, 0.92, 0.93, 0.94, 0.95), COHORT_WEIGHTS)
     ]
-    settings.append(("learned evidence off", {"learned_sure": 2.0}))
+    settings.append(("learned evidence off", {"learned_sure": 2.0, "learned_veto": 2.0}))
     settings += [
         (f"learned >= {t} from {a}", {"learned_sure": t, "verify_sim_learned": a})
         for t, a in itertools.product((0.65, 0.7, 0.75, 0.8), (0.84, 0.85, 0.86, 0.87, 0.88, 0.89))
     ]
+    settings += [(f"learned veto {v}", {"learned_veto": v}) for v in (0.0, 0.05, 0.1, 2.0)]
+    settings += [(f"learned bland {b}", {"learned_bland": b}) for b in (0.8, 0.85, 0.9, 2.0)]
     kinds = np.array([truth[u][0] for u in urls])
     source = sources(urls, truth)
     alone = list(web_edits.FAMILIES)

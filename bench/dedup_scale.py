@@ -114,8 +114,16 @@ def main() -> None:
     parser.add_argument("--skip-decontamination", action="store_true")
     parser.add_argument(
         "--decontamination-parts",
-        default="copy,net,hash,features,verify,cohort,pairs",
+        default="copy,net,hash,features,verify,cohort,zoom,pairs",
         help="which steps to time",
+    )
+    parser.add_argument(
+        "--zoom-per-image",
+        type=float,
+        default=0.01,
+        help="overlap candidates per pool image that the zoom search looks at (learned-backed "
+        "pairs that line up short: bench/dedup_quality.py --candidates, about 0.003 per "
+        "untouched web image; 0.01 leaves room)",
     )
     parser.add_argument(
         "--grey-per-image",
@@ -149,6 +157,7 @@ def main() -> None:
             rng,
             pairs_per_image=args.pairs_per_image,
             grey_per_image=args.grey_per_image,
+            zoom_per_image=args.zoom_per_image,
             parts=tuple(args.decontamination_parts.split(",")),
         )
 
@@ -173,7 +182,17 @@ def decontamination(
     pairs_per_image: float = 1.0,
     grey_per_image: float = 0.0056,
     sample: int = 20_000,
-    parts: tuple[str, ...] = ("copy", "net", "hash", "features", "verify", "cohort", "pairs"),
+    parts: tuple[str, ...] = (
+        "copy",
+        "net",
+        "hash",
+        "features",
+        "verify",
+        "cohort",
+        "zoom",
+        "pairs",
+    ),
+    zoom_per_image: float = 0.01,
 ) -> None:
     """The candidate searches and the verification of 10^6 pool images against 10^4 items.
 
@@ -196,6 +215,8 @@ def decontamination(
         verification(rng, n_pool, n_eval, pairs_per_image)
     if "cohort" in parts:
         cohort_verification(rng, n_pool, n_eval, per_item, grey_per_image)
+    if "zoom" in parts:
+        zoom_verification(rng, n_pool, n_eval, zoom_per_image)
     if "pairs" in parts:
         duplicate_verification(rng, n_pool // 20)
     print(f"* exhaustive baseline, timed on {sample:,} pool images and extrapolated")
@@ -227,10 +248,11 @@ def copy_candidates(rng, n_pool: int, n_eval: int, per_item: int, framed: float 
     )
 
 
-def net_candidates(rng, n_pool: int, n_eval: int, sample: int) -> None:
+def net_candidates(rng, n_pool: int, n_eval: int, sample: int, framed: float = 0.1) -> None:
     """The learned copy descriptor (dedup/copy_net.py): describing pool images (at ingest, with
-    the hashes; timed on `sample` images and extrapolated), then the candidate search of every
-    pool descriptor among the items' (each item and its mirror)."""
+    the hashes; timed on `sample` images and extrapolated; `framed` of them have a second view
+    to describe), then the candidate search of every pool view's descriptor among the items'
+    (each item and its mirror)."""
     import torch
 
     from dedup import copy_net, copy_search, embeddings
@@ -244,17 +266,23 @@ def net_candidates(rng, n_pool: int, n_eval: int, sample: int) -> None:
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(
         f"learned copy descriptors ({where}, {torch.get_num_threads()} threads): "
-        f"{per * 1e6:.0f} us/image, {per * n_pool:.0f} s for {n_pool:,} (at ingest; "
-        f"timed on {sample:,})",
+        f"{per * 1e6:.0f} us/view, {per * n_pool * (1 + framed):.0f} s for {n_pool:,} images "
+        f"({framed:.0%} framed: two views; at ingest; timed on {sample:,})",
         flush=True,
     )
     items = embeddings.normalize(rng.standard_normal((n_eval * copy_net.PER_ITEM, copy_net.DIM)))
-    pool = embeddings.normalize(rng.standard_normal((n_pool, copy_net.DIM), np.float32))
+    pool = np.zeros((n_pool, views.VIEWS, copy_net.DIM), np.float32)
+    pool[:, 0] = embeddings.normalize(rng.standard_normal((n_pool, copy_net.DIM), np.float32))
+    has_frame = rng.random(n_pool) < framed
+    pool[has_frame, 1] = embeddings.normalize(
+        rng.standard_normal((int(has_frame.sum()), copy_net.DIM), np.float32)
+    )
     index = EvalIndex(None, {}, {}, None, None, None, 0, None, items)
     start = time.perf_counter()
-    copy_search.learned_nearest(index, pool)
+    copy_search.learned_nearest(index, pool.reshape(n_pool, -1))
     print(
-        f"learned-descriptor search (the {copy_search.NET_TOP} nearest of {n_eval:,} items, "
+        f"learned-descriptor search ({framed:.0%} framed: two views; the {copy_search.NET_TOP} "
+        f"nearest of {n_eval:,} items, "
         f"{len(items):,} vectors): {time.perf_counter() - start:.1f} s",
         flush=True,
     )
@@ -285,6 +313,25 @@ def cohort_verification(rng, n_pool: int, n_eval: int, per_item: int, grey: floa
         f"cohort of {n_pairs:,} grey-zone candidates ({grey} per pool image, "
         f"{decontaminate.COHORT} items each): {took:.1f} s ({took / n_pairs * 1e3:.2f} ms per "
         f"candidate)",
+        flush=True,
+    )
+
+
+def zoom_verification(rng, n_pool: int, n_eval: int, per_image: float) -> None:
+    """The zoom search (dedup/verify.py zoom_alignment) of the learned-backed candidates that
+    line up short: every window of the pool image from half its side up, per pair."""
+    from dedup import verify
+
+    n_pairs = max(1, int(per_image * n_pool))
+    eval_thumbs = rng.integers(0, 256, (n_eval, verify.SIZE, verify.SIZE, 3), dtype=np.uint8)
+    thumbs = rng.integers(0, 256, (n_pairs, verify.SIZE, verify.SIZE, 3), dtype=np.uint8)
+    items = rng.integers(0, n_eval, n_pairs)
+    start = time.perf_counter()
+    verify.zoom_alignment(thumbs, eval_thumbs, np.arange(n_pairs), items)
+    took = time.perf_counter() - start
+    print(
+        f"zoom search of {n_pairs:,} learned-backed candidates ({per_image} per pool image): "
+        f"{took:.1f} s ({took / n_pairs * 1e3:.2f} ms per candidate)",
         flush=True,
     )
 

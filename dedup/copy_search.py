@@ -33,6 +33,9 @@ SIZE = 32
 NET_TOP = 2  # candidates kept per pool image from the learned descriptor (dedup/copy_net.py)
 NET_FLOOR = 0.7  # least learned-descriptor similarity of such a candidate (bench/dedup_quality.py:
 # 2.6% of untouched web images reach it, so few are decoded again to verify; 96% of copies do)
+NET_FLOOR_ALONE = 0.5  # ... of a pool image's nearest item that stands NET_STANDOUT above the
+NET_STANDOUT = 0.1  # next: 3.4% of untouched web images against 2.3% at NET_FLOOR alone, and the
+# copies a busy page or a heavy blur leaves in 0.5-0.7 (their own item is still the nearest)
 
 
 def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +94,21 @@ def learned_nearest(index, net: np.ndarray, progress: bool = False):
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     # a row's views may fall in two chunks
     return _best_per_row(*(np.concatenate(a) for a in zip(*out, strict=True)))
+
+
+def learned_candidates(nearest) -> tuple[np.ndarray, np.ndarray]:
+    """(pool row, item) candidates among `learned_nearest`'s: those at NET_FLOOR, and a row's
+    nearest item from NET_FLOOR_ALONE when it stands NET_STANDOUT above the row's next."""
+    row, item, sim = nearest
+    first = np.ones(len(row), bool)
+    first[1:] = row[1:] != row[:-1]
+    following = np.full(len(row), -1.0, np.float32)  # the next item's similarity, same row
+    same = np.zeros(len(row), bool)
+    same[:-1] = row[1:] == row[:-1]
+    following[:-1][same[:-1]] = sim[1:][same[:-1]]
+    alone = first & (sim >= NET_FLOOR_ALONE) & (sim - following >= NET_STANDOUT)
+    keep = (sim >= NET_FLOOR) | alone
+    return row[keep], item[keep]
 
 
 def _best_per_row(row, item, sim):

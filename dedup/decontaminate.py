@@ -16,23 +16,25 @@ up with a window of the evaluation image (cropped, turned, mirrored), with an al
 >= `verify_sim`, or >= `verify_sim_hash` when the hash is also within `radius`, or
 >= VERIFY_SIM_LEARNED when the learned descriptor rates the pair >= LEARNED_SURE and LEARNED_GAP
 above the image's next nearest item (two independent pieces of evidence). Same bytes or same
-pixels always match.
+pixels always match. A pair whose item the learned descriptor rates LEARNED_VETO or more below
+another item is refused however well it lines up: a same-class drawing lines up with many.
 
 The threshold rises for a pool image that lines up well with other items (its cohort: the
 COHORT items nearest its view by copy descriptor, its own candidate left out): a plain or
 blurry image lines up fairly well with many items, so lining up with one more is weak proof of
-a copy, while a detailed image lines up with none but its source.
+a copy, while a detailed image lines up with none but its source. The rise is COHORT_WEIGHT x
+(the cohort's best alignment - COHORT_START), when positive: score normalisation against
+impostors, as speaker verification and SSCD do. From a cohort of LEARNED_BLAND the learned
+backing no longer counts (bland fields fool the learned descriptor too). Only pairs in the grey
+zone, whose decision the cohort can change, are aligned with their cohort. A cohort item that
+lines up with the candidate item itself at verify_sim is left out: it is the same picture
+(CIFAR-10 holds series of one photo shoot), and a copy of one lines up with all of them.
 
 A pair the learned descriptor backs that still lines up poorly may be a zoomed-out copy whose
 frame dedup/views.py could not cut (a caption or a logo across the border, a busy page): its
 pool image is searched for the picture at every size from half its side up
 (verify.zoom_alignment), and the better score kept. Such a match always needs the learned
-backing: an unrelated image offers so many windows that one of them lines up too often. The rise is COHORT_WEIGHT x
-(the cohort's best alignment - COHORT_START), when positive: score normalisation against
-impostors, as speaker verification and SSCD do. Only pairs in the grey zone, whose decision the
-cohort can change, are aligned with their cohort. A cohort item that lines up with the
-candidate item itself at verify_sim is left out: it is the same picture (CIFAR-10 holds series
-of one photo shoot), and a copy of one lines up with all of them.
+backing: an unrelated image offers so many windows that one of them lines up too often.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ LEARNED_GAP = 0.1  # ... and this far above the pool image's next nearest item .
 # 0.86, seeds 0 and 1) had the same FP from 0.86 to 0.91, and the best lowest family in pairs
 # from 0.87 down (0.891 / 0.929 against 0.891 / 0.923 at 0.89)
 VERIFY_SIM_LEARNED = 0.87
+LEARNED_VETO = 0.05  # a pair whose item the learned descriptor rates this far below another's
+LEARNED_BLAND = 0.85  # the backing is ignored from this cohort alignment up (a bland image)
 
 
 def variants(img: Image.Image, crops: bool = True) -> list[Image.Image]:
@@ -300,24 +304,37 @@ def accepts(
     learned_sure: float = LEARNED_SURE,
     verify_sim_learned: float = VERIFY_SIM_LEARNED,
     zoomed: np.ndarray | None = None,
+    learned_veto: float = LEARNED_VETO,
+    learned_bland: float = LEARNED_BLAND,
 ) -> np.ndarray:
     """Which verified pairs match: alignment >= the least threshold that applies to the pair
     (_least_threshold; the learned descriptor's backing counts only where the cohort stays
-    below COHORT_START); `moved_margin` more when the best window is cropped, turned or a
+    below `learned_bland`); `moved_margin` more when the best window is cropped, turned or a
     zoomed part of the pool image (one of many windows tried, so an unrelated image reaches a
     high score there more easily), and `cohort_weight` x (cohort - COHORT_START) more where
     that is positive (cohort NaN: the pair has none, no rise). A `zoomed` pair matches only
-    with the learned backing."""
+    with the learned backing; a pair the learned descriptor rates `learned_veto` below the
+    pool image's nearest other item never does."""
     zoomed = np.zeros(len(align), bool) if zoomed is None else zoomed
     rise = np.nan_to_num(cohort_weight * np.maximum(cohort - COHORT_START, 0), nan=0.0)
     need = moved_margin * (_moved(window) | zoomed) + rise
     sure = _learned_sure(learned, learned_other, learned_sure)
-    if sure is not None:  # not for bland images, which line up with other items too
-        sure &= ~(np.nan_to_num(cohort, nan=-1.0) >= COHORT_START)
+    if sure is not None:  # not for bland images, which line up with many items
+        sure &= ~(np.nan_to_num(cohort, nan=-1.0) >= learned_bland)
     least = _least_threshold(ham, sure, radius, verify_sim, verify_sim_hash, verify_sim_learned)
     backed = np.zeros(len(align), bool) if sure is None else sure
     least = np.where(zoomed & ~backed, np.inf, least)
-    return align >= least + need
+    refused = _learned_refuses(len(align), learned, learned_other, learned_veto)
+    return (align >= least + need) & ~refused
+
+
+def _learned_refuses(n: int, learned, learned_other, veto: float) -> np.ndarray:
+    """Whether the learned descriptor puts another item `veto` or more above each of the n
+    pairs' own (where both are known)."""
+    if learned is None or learned_other is None:
+        return np.zeros(n, bool)
+    known = ~np.isnan(learned) & ~np.isnan(learned_other)
+    return known & (np.nan_to_num(learned_other) - np.nan_to_num(learned) >= veto)
 
 
 def _learned_sure(learned, learned_other, learned_sure=LEARNED_SURE) -> np.ndarray | None:
@@ -480,10 +497,9 @@ def _candidate_pairs(index, codes, features, copy, nearest, candidate_sim, metho
         rows.append(row)
         items.append(item)
     if nearest is not None:
-        row, item, sim = nearest
-        close = sim >= copy_search.NET_FLOOR
-        rows.append(row[close])
-        items.append(item[close])
+        row, item = copy_search.learned_candidates(nearest)
+        rows.append(row)
+        items.append(item)
     if features is not None and index.features is not None:
         found = embeddings.similar(
             index.features, features, candidate_sim, progress=progress, desc="overlap features"

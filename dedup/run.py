@@ -113,6 +113,10 @@ def dedup_pool(
         "learned_descriptor": copy_net.key() if learned else None,
         "learned_top_items": copy_search.NET_TOP,
         "learned_floor": copy_search.NET_FLOOR,
+        "learned_floor_standing_out": {
+            "similarity": copy_search.NET_FLOOR_ALONE,
+            "above_next_item": copy_search.NET_STANDOUT,
+        },
         "verify_sim": verify_sim,
         "verify_sim_with_hash": min(verify_sim, decontaminate.VERIFY_SIM_HASH),
         "verify_margin_moved": decontaminate.MOVED_MARGIN,
@@ -120,6 +124,9 @@ def dedup_pool(
             "similarity": decontaminate.LEARNED_SURE,
             "above_next_item": decontaminate.LEARNED_GAP,
             "verify_sim": min(verify_sim, decontaminate.VERIFY_SIM_LEARNED),
+            "ignored_from_cohort": decontaminate.LEARNED_BLAND,
+            "refused_below_another_item_by": decontaminate.LEARNED_VETO,
+            "zoom_search_min_side": verify.ZOOM_MIN_SIDE / verify.SIZE,
         }
         if learned
         else None,

@@ -64,13 +64,13 @@ def test_verification_decides_which_candidates_become_overlaps(tmp_path):
     cand = result.candidates
     assert len(cand.row) >= 2 and cand.alignment.max() < 1.0
 
-    # the same candidates with a stricter verification threshold and no learned evidence:
-    # alignment alone accepts nothing; only a candidate whose hash is identical to a variant's
-    # is still confirmed
+    # the same candidates (less the learned descriptor's) with a stricter verification
+    # threshold and no learned evidence: alignment alone accepts nothing; only a candidate
+    # whose hash is identical to a variant's is still confirmed
     strict = dedup_pool(
         pool.root, Opts(radius=0, verify_sim=1.0, learned=False), eval_set=tmp_path / "eval.npz"
     )
-    assert np.array_equal(strict.candidates.row, cand.row)
+    assert {0, 1} <= set(strict.candidates.row) <= set(cand.row)
     rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
     assert rows[added[0]]["status"] == "kept"  # its hash is 10 bits away
     assert all(r["eval_hamming"] == 0 for r in rows.values() if r["status"] == "test_overlap")
