@@ -120,10 +120,10 @@ def main() -> None:
     parser.add_argument(
         "--zoom-per-image",
         type=float,
-        default=0.01,
+        default=0.03,
         help="overlap candidates per pool image that the zoom search looks at (learned-backed "
-        "pairs that line up short: bench/dedup_quality.py --candidates, about 0.003 per "
-        "untouched web image; 0.01 leaves room)",
+        "pairs that line up short: bench/dedup_quality.py --candidates, 0.023 per untouched "
+        "web image at the defaults; 0.03 leaves room)",
     )
     parser.add_argument(
         "--grey-per-image",
@@ -192,7 +192,7 @@ def decontamination(
         "zoom",
         "pairs",
     ),
-    zoom_per_image: float = 0.01,
+    zoom_per_image: float = 0.03,
 ) -> None:
     """The candidate searches and the verification of 10^6 pool images against 10^4 items.
 
