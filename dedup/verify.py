@@ -219,10 +219,12 @@ def alignment(
     angles: tuple[float, ...] = ANGLES,
     with_window: bool = False,
     soft: bool = True,
+    mirrors: bool = True,
 ):
     """Alignment score of each pair (pool_thumbs[pool_rows[k]], eval_thumbs[eval_rows[k]]),
-    searching windows of side >= `min_side` turned by each of `angles`; with `with_window`,
-    also the index of each pair's best window (for `describe`)."""
+    searching windows of side >= `min_side` turned by each of `angles`, and (with `mirrors`)
+    the same windows of the evaluation image's mirror; with `with_window`, also the index of
+    each pair's best window (for `describe`)."""
     import torch
 
     out = np.zeros(len(pool_rows), np.float32)
@@ -256,7 +258,7 @@ def alignment(
             chunk = items[c : c + ITEMS_PER_CHUNK]
             in_chunk = order[bounds[c] : bounds[c + len(chunk)]]
             descs = [
-                _window_descriptors(eval_thumbs[chunk], windows, device, lv)
+                _window_descriptors(eval_thumbs[chunk], windows, device, lv, mirrors)
                 if lv == 0 or softened[in_chunk].any()
                 else None
                 for lv in levels
@@ -291,11 +293,14 @@ def _centre_descriptors(thumbs, rows, device, soft: bool):
     return torch.cat(parts) if parts else torch.zeros(0, 4, GRID * GRID, device=device)
 
 
-def _window_descriptors(thumbs, windows, device, soft: bool):
-    """(items, 2K, 4, G) descriptors of every window of each thumbnail, then of its mirror."""
+def _window_descriptors(thumbs, windows, device, soft: bool, mirrors: bool = True):
+    """(items, 2K, 4, G) descriptors of every window of each thumbnail, then of its mirror
+    ((items, K, 4, G) without `mirrors`)."""
     import torch
 
     ev = _luma(thumbs, device, soft)
+    if not mirrors:
+        return _sample(ev, windows.expand(len(ev), -1, -1, -1))
     ev = torch.cat([ev, ev.flip(3)])  # the mirrors follow the originals
     desc = _sample(ev, windows.expand(len(ev), -1, -1, -1))
     return torch.cat([desc[: len(thumbs)], desc[len(thumbs) :]], 1)
@@ -312,24 +317,33 @@ def _best(pool_desc, rows: np.ndarray, item_desc, device):
 
 def zoom_alignment(pool_thumbs, eval_thumbs, pool_rows, eval_rows, progress: bool = False):
     """Alignment of each pair where the picture may fill only part of the pool image: upright
-    windows of the pool image (sides ZOOM_MIN_SIDE..SIZE, at every integer offset, mirrored or
-    not) against the whole evaluation image, with the best window of each. For a zoomed-out
-    copy whose frame is not plain enough for dedup/views.py to cut (a caption or logo across
-    the border, a page with a busy layout): `alignment` with the two sides' roles swapped.
-    The windows are described per pool image here, not once per evaluation item shared by
-    many pairs, so a pair costs far more than in `alignment`: it is run for few pairs."""
-    return alignment(
-        eval_thumbs,
+    windows of the pool image (sides ZOOM_MIN_SIDE..SIZE, at every integer offset) against the
+    whole evaluation image and its mirror, with the best window of each (a mirrored match is
+    numbered as a mirrored window). For a zoomed-out copy whose frame is not plain enough for
+    dedup/views.py to cut (a caption or logo across the border, a busy page): `alignment` with
+    the two sides' roles swapped. The windows are described per pool image here, not once per
+    evaluation item shared by many pairs, so a pair costs far more than in `alignment`: it is
+    run for few pairs."""
+    n = len(pool_rows)
+    # the mirror on the evaluation side: each pool image's windows are described once
+    both = np.concatenate([eval_thumbs, eval_thumbs[:, :, ::-1]])
+    score, window = alignment(
+        both,
         pool_thumbs,
-        eval_rows,
-        pool_rows,
+        np.concatenate([eval_rows, eval_rows + len(eval_thumbs)]),
+        np.concatenate([pool_rows, pool_rows]),
         progress,
         "verify zoomed-out copies",
         min_side=ZOOM_MIN_SIDE,
         angles=(0.0,),
         with_window=True,
         soft=False,
+        mirrors=False,
     )
+    mirrored = score[n:] > score[:n]
+    best = np.where(mirrored, score[n:], score[:n])
+    window = np.where(mirrored, window[n:] + len(_boxes(ZOOM_MIN_SIDE, (0.0,))), window[:n])
+    return best, window
 
 
 def zoom_share(window):
