@@ -217,20 +217,22 @@ def alignment(
     label: str = "verify",
     min_side: int = MIN_SIDE,
     angles: tuple[float, ...] = ANGLES,
-    with_window: bool = False,
+    with_window: bool | str = False,
     soft: bool = True,
     mirrors: bool = True,
 ):
     """Alignment score of each pair (pool_thumbs[pool_rows[k]], eval_thumbs[eval_rows[k]]),
     searching windows of side >= `min_side` turned by each of `angles`, and (with `mirrors`)
     the same windows of the evaluation image's mirror; with `with_window`, also the index of
-    each pair's best window (for `describe`)."""
+    each pair's best window (for `describe`), and with `with_window="dot"` also the raw
+    similarity the best window was chosen by."""
     import torch
 
     out = np.zeros(len(pool_rows), np.float32)
     best_window = np.zeros(len(pool_rows), np.int64)
+    best_dot = np.zeros(len(pool_rows), np.float32)  # how the best window was chosen
     if len(pool_rows) == 0:
-        return (out, best_window) if with_window else out
+        return _returned(out, best_window, best_dot, with_window)
     device = _device()
     bar = tqdm(total=len(pool_rows), disable=not progress, desc=label, unit="pair")
     with torch.inference_mode(), bar:
@@ -265,16 +267,25 @@ def alignment(
             ]
             for k in range(len(chunk)):
                 sel = order[bounds[c + k] : bounds[c + k + 1]]
-                out[sel], best_window[sel] = _best(pool_desc[0], local[sel], descs[0][k], device)
+                out[sel], best_window[sel], best_dot[sel] = _best(
+                    pool_desc[0], local[sel], descs[0][k], device
+                )
                 soft_sel = sel[softened[sel]]
                 if len(soft_sel):
                     soft_local = np.searchsorted(soft_rows, local[soft_sel])
-                    score, window = _best(pool_desc[1], soft_local, descs[1][k], device)
+                    score, window, _ = _best(pool_desc[1], soft_local, descs[1][k], device)
                     better = score > out[soft_sel]
                     out[soft_sel[better]] = score[better]
                     best_window[soft_sel[better]] = window[better]
                 bar.update(len(sel))
-    return (out, best_window) if with_window else out
+    return _returned(out, best_window, best_dot, with_window)
+
+
+def _returned(score, window, dot, with_window):
+    """What `alignment` returns for its `with_window`."""
+    if with_window == "dot":
+        return score, window, dot
+    return (score, window) if with_window else score
 
 
 def _row_chunks(rows: np.ndarray):
@@ -307,12 +318,13 @@ def _window_descriptors(thumbs, windows, device, soft: bool, mirrors: bool = Tru
 
 
 def _best(pool_desc, rows: np.ndarray, item_desc, device):
-    """Score and index of the best window of one item for each of the pool descriptors' rows."""
+    """Score, index and raw similarity of the best window of one item for each of the pool
+    descriptors' rows."""
     import torch
 
     p = pool_desc[torch.from_numpy(rows).to(device)]  # (m, 4, G)
-    best = (p.flatten(1) @ item_desc.flatten(1).T).argmax(1)  # the best window of each
-    return _score(p, item_desc[best]).cpu().numpy(), best.cpu().numpy()
+    dot, best = (p.flatten(1) @ item_desc.flatten(1).T).max(1)  # the best window of each
+    return _score(p, item_desc[best]).cpu().numpy(), best.cpu().numpy(), dot.cpu().numpy()
 
 
 def zoom_alignment(pool_thumbs, eval_thumbs, pool_rows, eval_rows, progress: bool = False):
@@ -327,7 +339,7 @@ def zoom_alignment(pool_thumbs, eval_thumbs, pool_rows, eval_rows, progress: boo
     n = len(pool_rows)
     # the mirror on the evaluation side: each pool image's windows are described once
     both = np.concatenate([eval_thumbs, eval_thumbs[:, :, ::-1]])
-    score, window = alignment(
+    score, window, dot = alignment(
         both,
         pool_thumbs,
         np.concatenate([eval_rows, eval_rows + len(eval_thumbs)]),
@@ -336,11 +348,11 @@ def zoom_alignment(pool_thumbs, eval_thumbs, pool_rows, eval_rows, progress: boo
         "verify zoomed-out copies",
         min_side=ZOOM_MIN_SIDE,
         angles=(0.0,),
-        with_window=True,
+        with_window="dot",
         soft=False,
         mirrors=False,
     )
-    mirrored = score[n:] > score[:n]
+    mirrored = dot[n:] > dot[:n]  # as `alignment` chooses among all windows: by raw similarity
     best = np.where(mirrored, score[n:], score[:n])
     window = np.where(mirrored, window[n:] + len(_boxes(ZOOM_MIN_SIDE, (0.0,))), window[:n])
     return best, window

@@ -252,3 +252,24 @@ def test_a_bland_image_needs_more_alignment_than_a_detailed_copy(tmp_path):
     assert all(flagged[len(bland) :])
     reasons = [rows[s]["status_reason"] or "" for s in added]
     assert any("best other item" in r for r in reasons), "no decision recorded its cohort"
+
+
+def test_the_zoom_search_equals_the_swapped_alignment_with_mirrored_windows():
+    """zoom_alignment mirrors the evaluation image instead of every window of the pool image
+    (half the work); the scores and the best windows must be those of the direct search."""
+    originals = [textured(400 + s) for s in range(6)]
+    pool = [
+        ImageOps.mirror(o) if k % 2 else o.resize((20, 20)).crop((-6, -3, 26, 29))
+        for k, o in enumerate(originals)
+    ] + [textured(900 + k) for k in range(6)]
+    pool_thumbs, eval_thumbs = thumbs(pool), thumbs(originals)
+    rows, items = np.arange(12), np.arange(12) % 6
+    direct = verify.alignment(
+        eval_thumbs, pool_thumbs, items, rows, min_side=verify.ZOOM_MIN_SIDE, angles=(0.0,),
+        with_window=True, soft=False,
+    )  # fmt: skip
+    score, window = verify.zoom_alignment(pool_thumbs, eval_thumbs, rows, items)
+    assert np.allclose(score, direct[0], atol=1e-5)
+    assert np.array_equal(verify.zoom_share(window)[0], verify.zoom_share(direct[1])[0])
+    assert np.array_equal(verify.zoom_share(window)[1], verify.zoom_share(direct[1])[1])
+    assert score[:6].min() > 0.9 and score[6:].max() < 0.8, score
