@@ -100,12 +100,9 @@ def learned_candidates(nearest) -> tuple[np.ndarray, np.ndarray]:
     """(pool row, item) candidates among `learned_nearest`'s: those at NET_FLOOR, and a row's
     nearest item from NET_FLOOR_ALONE when it stands NET_STANDOUT above the row's next."""
     row, item, sim = nearest
-    first = np.ones(len(row), bool)
-    first[1:] = row[1:] != row[:-1]
-    following = np.full(len(row), -1.0, np.float32)  # the next item's similarity, same row
-    same = np.zeros(len(row), bool)
-    same[:-1] = row[1:] == row[:-1]
-    following[:-1][same[:-1]] = sim[1:][same[:-1]]
+    same = row[1:] == row[:-1]  # the next entry is the same row's runner-up
+    first = np.concatenate([[True], ~same])
+    following = np.concatenate([np.where(same, sim[1:], -1.0), [-1.0]])
     alone = first & (sim >= NET_FLOOR_ALONE) & (sim - following >= NET_STANDOUT)
     keep = (sim >= NET_FLOOR) | alone
     return row[keep], item[keep]
