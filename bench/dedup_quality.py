@@ -204,9 +204,10 @@ def main() -> None:
         f"other items - {s['verify_cohort']['start']}) more where positive; >= "
         f"{(s['verify_learned'] or {}).get('verify_sim')} where the learned similarity is >= "
         f"{(s['verify_learned'] or {}).get('similarity')} and "
-        f"{(s['verify_learned'] or {}).get('above_next_item')} above the next item's, and the "
-        f"best other item stays below {(s['verify_learned'] or {}).get('ignored_from_cohort')} "
-        "(then also for the picture sought at any size from "
+        f"{(s['verify_learned'] or {}).get('above_next_item')} above the next item's, for an "
+        f"item with fine detail >= {(s['verify_learned'] or {}).get('item_min_detail')} "
+        f"(or >= {(s['verify_learned'] or {}).get('verify_sim_colour_left_out')} with colour "
+        "left out; then also for the picture sought at any size from "
         f"{(s['verify_learned'] or {}).get('zoom_search_min_side')} of the side); refused where "
         f"the learned descriptor rates another item "
         f"{(s['verify_learned'] or {}).get('refused_below_another_item_by')} higher"
@@ -411,7 +412,12 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
         for t, a in itertools.product((0.65, 0.7, 0.75, 0.8), (0.84, 0.85, 0.86, 0.87, 0.88, 0.89))
     ]
     settings += [(f"learned veto {v}", {"learned_veto": v}) for v in (0.0, 0.05, 0.1, 2.0)]
-    settings += [(f"learned bland {b}", {"learned_bland": b}) for b in (0.8, 0.85, 0.9, 2.0)]
+    settings += [
+        (f"learned min detail {d}", {"learned_min_detail": d}) for d in (0.0, 0.05, 0.1, 0.15)
+    ]
+    settings += [
+        (f"learned shape {t}", {"verify_sim_shape": t}) for t in (0.93, 0.94, 0.95, 0.96, 2.0)
+    ]
     kinds = np.array([truth[u][0] for u in urls])
     source = sources(urls, truth)
     alone = list(web_edits.FAMILIES)
@@ -441,6 +447,8 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
             learned=cand.learned,
             learned_other=cand.learned_other,
             zoomed=cand.zoomed,
+            item_detail=cand.item_detail,
+            shape=cand.shape,
             **kw,
         )
         for split in ("tune", "report"):
@@ -483,6 +491,8 @@ def miss_table(cand, urls, truth, radius, verify_sim, sim_hash) -> None:
         learned=cand.learned,
         learned_other=cand.learned_other,
         zoomed=cand.zoomed,
+        item_detail=cand.item_detail,
+        shape=cand.shape,
     )
     source = sources(urls, truth)
     own = source[cand.row] == cand.item

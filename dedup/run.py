@@ -124,7 +124,8 @@ def dedup_pool(
             "similarity": decontaminate.LEARNED_SURE,
             "above_next_item": decontaminate.LEARNED_GAP,
             "verify_sim": min(verify_sim, decontaminate.VERIFY_SIM_LEARNED),
-            "ignored_from_cohort": decontaminate.LEARNED_BLAND,
+            "item_min_detail": decontaminate.LEARNED_MIN_DETAIL,
+            "verify_sim_colour_left_out": decontaminate.VERIFY_SIM_SHAPE,
             "refused_below_another_item_by": decontaminate.LEARNED_VETO,
             "zoom_search_min_side": verify.ZOOM_MIN_SIDE / verify.SIZE,
         }

@@ -124,11 +124,13 @@ def _luma(thumbs, device, soft: bool = False):
     return torch.cat([y, (gx.square() + gy.square()).sqrt(), x[:, 2:3] - y, x[:, 0:1] - y], 1)
 
 
-def _detail(thumbs, device):
+def fine_detail(thumbs, device=None):
     """(N,) fine detail of each thumbnail: the spread of luminance minus its 3x3 blur, as a
-    share of the luminance spread (a blurred copy keeps little of its original's)."""
+    share of the luminance spread (a blurred copy keeps little of its original's; a smooth
+    field of a few grey levels has next to none)."""
     import torch
 
+    device = device or _device()
     x = torch.from_numpy(np.asarray(thumbs, np.float32)).to(device)
     y = (x @ torch.tensor([0.299, 0.587, 0.114], device=device))[:, None]
     fine = y - torch.nn.functional.avg_pool2d(y, 3, 1, 1, count_include_pad=False)
@@ -247,9 +249,9 @@ def alignment(
         # the softened comparison, for copies with little of their item's detail (blurred)
         softened = np.zeros(len(pool_rows), bool)
         if soft:
-            item_detail = _detail(eval_thumbs[items], device)
+            item_detail = fine_detail(eval_thumbs[items], device)
             pool_detail = np.concatenate(
-                [_detail(pool_thumbs[r], device) for r in _row_chunks(need)]
+                [fine_detail(pool_thumbs[r], device) for r in _row_chunks(need)]
             )
             softened = (
                 pool_detail[local] < SOFT_GATE * item_detail[np.searchsorted(items, eval_rows)]
@@ -356,6 +358,22 @@ def zoom_alignment(pool_thumbs, eval_thumbs, pool_rows, eval_rows, progress: boo
     best = np.where(mirrored, score[n:], score[:n])
     window = np.where(mirrored, window[n:] + len(_boxes(ZOOM_MIN_SIDE, (0.0,))), window[:n])
     return best, window
+
+
+def shape_alignment(pool_thumbs, eval_thumbs, pool_rows, eval_rows, progress: bool = False):
+    """`alignment` with colour left out (both sides in grey): how well the shapes line up. A
+    colour edit (a hue turn, a saturation boost on a near-grey picture) can pull the colour
+    part of a copy's score far down while its luminance and edges still line up closely."""
+    pool_need, pool_at = np.unique(pool_rows, return_inverse=True)  # grey only the rows used
+    eval_need, eval_at = np.unique(eval_rows, return_inverse=True)
+    grey_pool, grey_eval = _grey(pool_thumbs[pool_need]), _grey(eval_thumbs[eval_need])
+    return alignment(grey_pool, grey_eval, pool_at, eval_at, progress, "verify shapes")
+
+
+def _grey(thumbs: np.ndarray) -> np.ndarray:
+    """uint8 (N, SIZE, SIZE, 3) -> the same in grey (their luminance in every channel)."""
+    y = np.asarray(thumbs, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat(np.round(y).astype(np.uint8)[..., None], 3, axis=3)
 
 
 def zoom_share(window):

@@ -243,7 +243,12 @@ def test_a_bland_image_needs_more_alignment_than_a_detailed_copy(tmp_path):
     result = dedup_pool(pool.root, Opts(embeddings=False), eval_set=tmp_path / "eval.npz")
     cand = result.candidates
     args = (cand.alignment, cand.hamming, cand.window, cand.cohort, 4, 0.93, 0.93)
-    learned = {"learned": cand.learned, "learned_other": cand.learned_other, "zoomed": cand.zoomed}
+    learned = {
+        "learned": cand.learned,
+        "learned_other": cand.learned_other,
+        "zoomed": cand.zoomed,
+        "item_detail": cand.item_detail,
+    }
     is_bland = cand.row < len(bland)
     without_cohort = np.unique(cand.row[accepts(*args, cohort_weight=0, **learned) & is_bland])
     rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}

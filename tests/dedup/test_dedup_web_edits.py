@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from dedup import verify, views
 from dedup.options import DedupOptions as Opts
@@ -339,3 +339,53 @@ def test_a_zoomed_out_copy_on_a_busy_page_is_found_by_the_zoom_search(tmp_path, 
     assert len(zoomed) >= 15 and all(", learned 0." in r for r in zoomed), found
     monkeypatch.setattr(decontaminate, "_needs_zoom", lambda align, *rest: align < -1)
     assert len(flagged()) <= len(found) - len(zoomed)
+
+
+def pale(seed: int) -> Image.Image:
+    """A detailed picture with little colour (a quarter of its saturation)."""
+    return ImageEnhance.Color(textured(seed)).enhance(0.25)
+
+
+def swapped(img: Image.Image) -> Image.Image:
+    """Red and blue swapped (a colour filter): the shapes stay, the colour pattern does not."""
+    return Image.fromarray(np.asarray(img)[..., ::-1].copy())
+
+
+def test_a_recoloured_copy_lines_up_in_shape_when_colour_is_left_out():
+    originals = [pale(600 + k) for k in range(12)]
+    pool = np.stack([np.asarray(swapped(o)) for o in originals])
+    ev = np.stack([np.asarray(o) for o in originals])
+    own = np.arange(12)
+    assert verify.alignment(pool, ev, own, own).max() < 0.9
+    assert verify.shape_alignment(pool, ev, own, own).min() > 0.95
+    rows, items = np.nonzero(~np.eye(12, dtype=bool))
+    assert verify.shape_alignment(pool, ev, rows, items).max() < 0.8
+
+
+def test_a_recoloured_copy_the_learned_descriptor_backs_is_caught_by_its_shapes(
+    tmp_path, monkeypatch
+):
+    """The colour-blind alignment decides only for pairs the learned descriptor backs:
+    unrelated recoloured pictures are kept, and without that alignment most copies are lost."""
+    from dedup import decontaminate
+
+    originals = [pale(600 + k) for k in range(12)]
+    np.savez(tmp_path / "eval.npz", x=np.stack([np.asarray(o) for o in originals]))
+    pool = Pool.create(tmp_path / "pool")
+    copies = [swapped(o).resize((64, 64), Image.Resampling.BICUBIC) for o in originals]
+    others = [swapped(pale(800 + k)).resize((64, 64)) for k in range(12)]
+    added = pool.add(
+        [NewImage(encode(img), url=f"http://x/{k}") for k, img in enumerate(copies + others)]
+    ).added
+
+    def statuses():
+        dedup_pool(pool.root, Opts(), eval_set=tmp_path / "eval.npz")
+        rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
+        return [rows[s]["status"] for s in added], [rows[s]["status_reason"] for s in added]
+
+    status, reasons = statuses()
+    assert status == ["test_overlap"] * 12 + ["kept"] * 12, reasons
+    assert sum("colour left out" in r for r in reasons[:12]) >= 8, reasons
+    monkeypatch.setattr(decontaminate, "_needs_zoom", lambda align, *_: np.zeros(len(align), bool))
+    status, _ = statuses()
+    assert status[:12].count("test_overlap") <= 4
