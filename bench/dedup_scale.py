@@ -319,8 +319,7 @@ def cohort_verification(rng, n_pool: int, n_eval: int, per_item: int, grey: floa
 
 def zoom_verification(rng, n_pool: int, n_eval: int, per_image: float) -> None:
     """The zoom search (dedup/verify.py zoom_alignment) of the learned-backed candidates that
-    line up short: every window of the pool image from half its side up, per pair; then their
-    alignment with colour left out (verify.shape_alignment)."""
+    line up short: every window of the pool image from half its side up, per pair."""
     from dedup import verify
 
     n_pairs = max(1, int(per_image * n_pool))
@@ -333,14 +332,6 @@ def zoom_verification(rng, n_pool: int, n_eval: int, per_image: float) -> None:
     print(
         f"zoom search of {n_pairs:,} learned-backed candidates ({per_image} per pool image): "
         f"{took:.1f} s ({took / n_pairs * 1e3:.2f} ms per candidate)",
-        flush=True,
-    )
-    start = time.perf_counter()  # the same pairs are also aligned with colour left out
-    verify.shape_alignment(thumbs, eval_thumbs, np.arange(n_pairs), items)
-    took = time.perf_counter() - start
-    print(
-        f"alignment with colour left out of the same candidates: {took:.1f} s "
-        f"({took / n_pairs * 1e3:.3f} ms per candidate)",
         flush=True,
     )
 

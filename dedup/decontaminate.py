@@ -26,14 +26,14 @@ a copy, while a detailed image lines up with none but its source. The rise is CO
 (the cohort's best alignment - COHORT_START), when positive: score normalisation against
 impostors, as speaker verification and SSCD do. The learned backing does not count for an item
 with less fine detail than LEARNED_MIN_DETAIL (a smooth field of a few grey levels, unlike any
-photograph the descriptor was trained on, fools it). Only pairs in the grey
-zone, whose decision the cohort can change, are aligned with their cohort. A cohort item that
+photograph the descriptor was trained on, fools it). Only pairs in the grey zone, whose
+decision the cohort can change, are aligned with their cohort. A cohort item that
 lines up with the candidate item itself at verify_sim is left out: it is the same picture
 (CIFAR-10 holds series of one photo shoot), and a copy of one lines up with all of them.
 
-A pair the learned descriptor backs that lines up short of VERIFY_SIM_LEARNED is aligned once
-more with colour left out (verify.shape_alignment), and matches when its shapes line up at
-VERIFY_SIM_SHAPE (plus the cohort's rise): a colour edit can pull the colour part of a copy's
+A pair the learned descriptor backs that lines up short of VERIFY_SIM_LEARNED also matches
+when its score with colour left out (luminance and edges alone, at the best window) reaches
+VERIFY_SIM_SHAPE plus the cohort's rise: a colour edit can pull the colour part of a copy's
 score far down, and the learned descriptor, trained on colour edits, still singles it out.
 
 A pair the learned descriptor backs that still lines up poorly may be a zoomed-out copy whose
@@ -224,7 +224,7 @@ class Candidates:
     learned_other: np.ndarray  # ... of the pool image's nearest other item
     zoomed: np.ndarray  # whether the best window is a part of the pool image (zoom_alignment)
     item_detail: np.ndarray  # the item's fine detail (verify.fine_detail)
-    shape: np.ndarray  # alignment with colour left out (verify.shape_alignment), NaN if not needed
+    shape: np.ndarray  # the alignment with colour left out, NaN where not needed
 
 
 def find_overlaps(
@@ -428,8 +428,8 @@ def _best_view_alignment(
     (verify.zoom_alignment); what the best view and window say about the copy (`describe`);
     for the pairs `needs_cohort(alignments)` picks, the best view's cohort alignment (items
     aligned with the pair's item at `same_picture` left out); whether the best window is a
-    zoomed part; and, for the pairs `needs_zoom` picks, the best view's alignment with colour
-    left out (verify.shape_alignment; NaN for the others)."""
+    zoomed part; and, for the pairs `needs_zoom` picks, the best view's score at its best window
+    with colour left out (verify.alignment with_window="shape"; NaN for the others)."""
     if not len(rows):
         none, empty = np.zeros(0, np.int64), np.zeros(0, np.float32)
         return empty, none, none, empty, np.zeros(0, bool), empty
@@ -441,27 +441,24 @@ def _best_view_alignment(
     local = np.searchsorted(need, rows)
     pair = np.repeat(np.arange(len(rows)), count[local])
     rank = _ranks_within(count[local])
-    score, window = verify.alignment(
+    score, window, shape_all = verify.alignment(
         thumbs,
         index.thumbs,
         first[local].repeat(count[local]) + rank,
         items[pair],
         progress,
         "verify overlap candidates",
-        with_window=True,
+        with_window="shape",
     )
     order = np.lexsort((score, pair))
     last = np.append(pair[order][1:] != pair[order][:-1], True)  # each pair's best view
     top = order[last]
     align, view, window = score[top], rank[top], window[top]
     zoomed = np.zeros(len(rows), bool)
-    shape = np.full(len(rows), np.nan, np.float32)
     ask = np.nonzero(needs_zoom(align))[0] if needs_zoom is not None else np.zeros(0, int)
-    if len(ask):
-        shape[ask] = verify.shape_alignment(
-            thumbs, index.thumbs, first[local[ask]] + view[ask], items[ask], progress
-        )
-        # the first view of a row is its whole image
+    shape = np.full(len(rows), np.nan, np.float32)  # kept where the learned backing falls short
+    shape[ask] = shape_all[top[ask]]
+    if len(ask):  # the first view of a row is its whole image
         zoom, zoom_window = verify.zoom_alignment(
             thumbs, index.thumbs, first[local[ask]], items[ask], progress
         )

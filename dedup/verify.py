@@ -195,7 +195,7 @@ def _score(pool, window):
     """Trimmed correlation of (n, 4, G) descriptor pairs: the grid points where the two differ
     most over all parts (where a caption, logo or watermark sits, `_kept`) are left out, then
     the mean of the parts' correlations on the rest; the colour part counts when both images
-    have colour."""
+    have colour. Also the same with colour left out (luminance and edges only: the shapes)."""
     import torch
 
     # float64: a near-perfect copy must not round up to a score of 1
@@ -207,7 +207,7 @@ def _score(pool, window):
     same = (_unit_pair(p[:, 2:], keep, False) * _unit_pair(w[:, 2:], keep, False)).sum((1, 2))
     pattern = (_unit_pair(p[:, 2:], keep, True) * _unit_pair(w[:, 2:], keep, True)).sum((1, 2))
     colour = torch.minimum(same, pattern)
-    return (luma_edge.sum(1) + colour * has_colour) / (2 + has_colour.double())
+    return (luma_edge.sum(1) + colour * has_colour) / (2 + has_colour.double()), luma_edge.mean(1)
 
 
 def alignment(
@@ -226,15 +226,17 @@ def alignment(
     """Alignment score of each pair (pool_thumbs[pool_rows[k]], eval_thumbs[eval_rows[k]]),
     searching windows of side >= `min_side` turned by each of `angles`, and (with `mirrors`)
     the same windows of the evaluation image's mirror; with `with_window`, also the index of
-    each pair's best window (for `describe`), and with `with_window="dot"` also the raw
-    similarity the best window was chosen by."""
+    each pair's best window (for `describe`), with `with_window="dot"` also the raw
+    similarity the best window was chosen by, and with `with_window="shape"` instead the score
+    at the best window with colour left out (a recoloured copy's shapes still line up)."""
     import torch
 
     out = np.zeros(len(pool_rows), np.float32)
     best_window = np.zeros(len(pool_rows), np.int64)
     best_dot = np.zeros(len(pool_rows), np.float32)  # how the best window was chosen
+    shape = np.zeros(len(pool_rows), np.float32)  # the score with colour left out
     if len(pool_rows) == 0:
-        return _returned(out, best_window, best_dot, with_window)
+        return _returned(out, best_window, best_dot, shape, with_window)
     device = _device()
     bar = tqdm(total=len(pool_rows), disable=not progress, desc=label, unit="pair")
     with torch.inference_mode(), bar:
@@ -269,24 +271,29 @@ def alignment(
             ]
             for k in range(len(chunk)):
                 sel = order[bounds[c + k] : bounds[c + k + 1]]
-                out[sel], best_window[sel], best_dot[sel] = _best(
+                out[sel], best_window[sel], best_dot[sel], shape[sel] = _best(
                     pool_desc[0], local[sel], descs[0][k], device
                 )
                 soft_sel = sel[softened[sel]]
                 if len(soft_sel):
                     soft_local = np.searchsorted(soft_rows, local[soft_sel])
-                    score, window, _ = _best(pool_desc[1], soft_local, descs[1][k], device)
+                    score, window, _, soft_shape = _best(
+                        pool_desc[1], soft_local, descs[1][k], device
+                    )
                     better = score > out[soft_sel]
                     out[soft_sel[better]] = score[better]
                     best_window[soft_sel[better]] = window[better]
+                    shape[soft_sel[better]] = soft_shape[better]
                 bar.update(len(sel))
-    return _returned(out, best_window, best_dot, with_window)
+    return _returned(out, best_window, best_dot, shape, with_window)
 
 
-def _returned(score, window, dot, with_window):
+def _returned(score, window, dot, shape, with_window):
     """What `alignment` returns for its `with_window`."""
     if with_window == "dot":
         return score, window, dot
+    if with_window == "shape":
+        return score, window, shape
     return (score, window) if with_window else score
 
 
@@ -320,13 +327,14 @@ def _window_descriptors(thumbs, windows, device, soft: bool, mirrors: bool = Tru
 
 
 def _best(pool_desc, rows: np.ndarray, item_desc, device):
-    """Score, index and raw similarity of the best window of one item for each of the pool
-    descriptors' rows."""
+    """Score, index, raw similarity and score with colour left out of the best window of one
+    item for each of the pool descriptors' rows."""
     import torch
 
     p = pool_desc[torch.from_numpy(rows).to(device)]  # (m, 4, G)
     dot, best = (p.flatten(1) @ item_desc.flatten(1).T).max(1)  # the best window of each
-    return _score(p, item_desc[best]).cpu().numpy(), best.cpu().numpy(), dot.cpu().numpy()
+    score, shape = _score(p, item_desc[best])
+    return score.cpu().numpy(), best.cpu().numpy(), dot.cpu().numpy(), shape.cpu().numpy()
 
 
 def zoom_alignment(pool_thumbs, eval_thumbs, pool_rows, eval_rows, progress: bool = False):
@@ -358,22 +366,6 @@ def zoom_alignment(pool_thumbs, eval_thumbs, pool_rows, eval_rows, progress: boo
     best = np.where(mirrored, score[n:], score[:n])
     window = np.where(mirrored, window[n:] + len(_boxes(ZOOM_MIN_SIDE, (0.0,))), window[:n])
     return best, window
-
-
-def shape_alignment(pool_thumbs, eval_thumbs, pool_rows, eval_rows, progress: bool = False):
-    """`alignment` with colour left out (both sides in grey): how well the shapes line up. A
-    colour edit (a hue turn, a saturation boost on a near-grey picture) can pull the colour
-    part of a copy's score far down while its luminance and edges still line up closely."""
-    pool_need, pool_at = np.unique(pool_rows, return_inverse=True)  # grey only the rows used
-    eval_need, eval_at = np.unique(eval_rows, return_inverse=True)
-    grey_pool, grey_eval = _grey(pool_thumbs[pool_need]), _grey(eval_thumbs[eval_need])
-    return alignment(grey_pool, grey_eval, pool_at, eval_at, progress, "verify shapes")
-
-
-def _grey(thumbs: np.ndarray) -> np.ndarray:
-    """uint8 (N, SIZE, SIZE, 3) -> the same in grey (their luminance in every channel)."""
-    y = np.asarray(thumbs, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.repeat(np.round(y).astype(np.uint8)[..., None], 3, axis=3)
 
 
 def zoom_share(window):
