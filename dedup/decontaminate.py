@@ -87,10 +87,9 @@ LEARNED_GAP = 0.1
 VERIFY_SIM_LEARNED = 0.86
 LEARNED_VETO = 0.05
 LEARNED_MIN_DETAIL = 0.05
-# Alignment with colour left out that a pair the learned descriptor backs needs. On the tune
-# splits of bench/dedup_quality.py (--tune-from 0.84, seeds 0 and 1), 0.93 and 0.94 flag 2 and
-# 1 more untouched web images than 0.95, and 0.95 and 0.96 find the same copies at the same
-# false positives; the higher of the ties is kept
+# Score with colour left out that a pair the learned descriptor backs needs. On the tune splits
+# of bench/dedup_quality.py (--tune-from 0.84, seeds 0 and 1), 0.93-0.96 find the same copies
+# (one more on each seed than without) at the same false positives; the highest is kept
 VERIFY_SIM_SHAPE = 0.96
 
 
