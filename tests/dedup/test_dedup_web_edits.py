@@ -365,8 +365,8 @@ def test_a_recoloured_copy_lines_up_in_shape_when_colour_is_left_out():
 def test_a_recoloured_copy_the_learned_descriptor_backs_is_caught_by_its_shapes(
     tmp_path, monkeypatch
 ):
-    """The colour-blind alignment decides only for pairs the learned descriptor backs:
-    unrelated recoloured pictures are kept, and without that alignment most copies are lost."""
+    """The score with colour left out decides only for pairs the learned descriptor backs:
+    unrelated recoloured pictures are kept, and without that score most copies are lost."""
     from dedup import decontaminate
 
     originals = [pale(600 + k) for k in range(12)]
