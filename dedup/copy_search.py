@@ -43,7 +43,7 @@ def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndar
     `index` is a decontaminate.EvalIndex (its variant descriptors and thumbnails)."""
     dim = views.COPY_GRID**2
     per_view = copy.reshape(-1, dim)
-    present = np.nonzero(np.abs(per_view).sum(1) > 0)[0]  # views the image has
+    present = _present(per_view)
     nearest = []  # (view, item) pairs, WIDE_ITEMS per view, reduced chunk by chunk
     for found in embeddings.similar_chunks(
         index.copy,
@@ -76,7 +76,7 @@ def learned_nearest(index, net: np.ndarray, progress: bool = False):
     dim = index.net.shape[1]
     per_row = net.shape[1] // dim
     per_view = net.reshape(-1, dim)
-    present = np.nonzero(np.abs(per_view).sum(1) > 0)[0]  # views the image has
+    present = _present(per_view)
     out = []
     for found in embeddings.similar_chunks(
         index.net,
@@ -94,6 +94,12 @@ def learned_nearest(index, net: np.ndarray, progress: bool = False):
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     # a row's views may fall in two chunks
     return _best_per_row(*(np.concatenate(a) for a in zip(*out, strict=True)))
+
+
+def _present(per_view: np.ndarray) -> np.ndarray:
+    """The rows of a (views, dim) descriptor array that a pool image has (an absent view is
+    stored as zeros)."""
+    return np.nonzero(np.abs(per_view).sum(1) > 0)[0]
 
 
 def learned_candidates(nearest) -> tuple[np.ndarray, np.ndarray]:

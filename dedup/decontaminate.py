@@ -185,12 +185,12 @@ class Overlap:
     learned: float | None = None  # learned-descriptor similarity (dedup/copy_net.py)
     learned_other: float | None = None  # ... of the pool image's nearest other item
     zoomed: bool = False  # the window is a part of the pool image (verify.zoom_alignment)
-    shape: float | None = None  # alignment with colour left out (None: not needed)
+    shape: float | None = None  # score at the best window with colour left out (None: not kept)
 
     @property
     def evidence_note(self) -> str:
         """The other evidence: ", best other item 0.7100" where the cohort was needed, ", shapes
-        0.9712 (colour left out)" where the colour-blind alignment was, and ", learned 0.912
+        0.9712 (colour left out)" where that score was kept, and ", learned 0.912
         (next item 0.650)" where the learned descriptor was computed."""
         out = "" if self.cohort is None else f", best other item {self.cohort:.4f}"
         if self.shape is not None:
@@ -404,9 +404,9 @@ def _needs_cohort(align, ham, learned, learned_other, radius, verify_sim, verify
 
 
 def _needs_zoom(align, learned, learned_other):
-    """The pairs worth a zoom search and a colour-blind alignment: the learned descriptor backs
-    them and their views line up short of what the backing asks (VERIFY_SIM_LEARNED plus the
-    moved margin)."""
+    """The pairs worth a zoom search and whose score with colour left out is kept: the learned
+    descriptor backs them and their views line up short of what the backing asks
+    (VERIFY_SIM_LEARNED plus the moved margin)."""
     sure = _learned_sure(learned, learned_other)
     if sure is None:
         return np.zeros(len(align), bool)
