@@ -395,10 +395,10 @@ def sources(urls, truth) -> np.ndarray:
 
 
 def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
-    """FP rate and the lowest recall over families alone and over families in pairs, for a
-    grid of verification thresholds x cohort weights, then of learned-evidence thresholds at
-    the defaults (the hash-assisted threshold kept): choose on the tune split, then read the
-    same row of the report split."""
+    """FP rate, the lowest recall over families alone and over families in pairs, and the
+    copies missed in all, for a grid of verification thresholds x cohort weights (the
+    hash-assisted threshold kept), then of learned-evidence and hash-assisted thresholds at the
+    defaults: choose on the tune split, then read the same row of the report split."""
     from dedup import decontaminate
     from dedup.options import DedupOptions
 
@@ -418,6 +418,10 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
     settings += [
         (f"learned shape {t}", {"verify_sim_shape": t}) for t in (0.93, 0.94, 0.95, 0.96, 2.0)
     ]
+    settings += [
+        (f"hash-assisted {t}", {"verify_sim_hash": t})
+        for t in (0.84, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91, 0.93)
+    ]
     kinds = np.array([truth[u][0] for u in urls])
     source = sources(urls, truth)
     alone = list(web_edits.FAMILIES)
@@ -431,11 +435,12 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
     )
     print(
         f"{'setting':<28} {'split':>6} {'FP':>8} {'min alone':>10} {'family':>13} "
-        f"{'min in pairs':>12} family"
+        f"{'min in pairs':>12} {'family':<13} {'missed':>6}"
     )
     for label, chosen in settings:
         kw = {**defaults, **chosen}
         vs = kw.pop("verify_sim")
+        vs_hash = kw.pop("verify_sim_hash", sim_hash)
         ok = decontaminate.accepts(
             cand.alignment,
             cand.hamming,
@@ -443,7 +448,7 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
             cand.cohort,
             radius,
             vs,
-            min(vs, sim_hash),
+            min(vs, vs_hash),
             learned=cand.learned,
             learned_other=cand.learned_other,
             zoomed=cand.zoomed,
@@ -468,9 +473,11 @@ def tuning_table(cand, urls, truth, radius, sim_hash, lowest) -> None:
                 for f in alone
             }
             wp = min(in_pairs, key=in_pairs.get)
+            copies = np.nonzero((source >= 0) & np.isin(kinds, alone + paired) & mine)[0]
+            missed = int((~np.isin(copies, hit)).sum())
             print(
                 f"{label:<28} {split:>6} {len(clean) / n_clean:>8.5f} {rec[worst]:>10.3f} "
-                f"{worst:>13} {in_pairs[wp]:>12.3f} {wp}"
+                f"{worst:>13} {in_pairs[wp]:>12.3f} {wp:<13} {missed:>6}"
             )
 
 

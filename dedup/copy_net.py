@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from dedup.errors import DedupError
-from dedup.views import VIEWS
+from dedup.views import VERSION, VIEWS
 
 WEIGHTS = Path(__file__).parent / "weights" / "copy_net.pt"
 SIDE = 64  # every image is squashed to SIDE x SIDE
@@ -90,8 +90,9 @@ def _loaded():
 
 @functools.cache
 def key() -> str:
-    """Names the cache of pool descriptors: new weights make new descriptors."""
-    return f"copy-net-{hashlib.sha256(_weights()).hexdigest()[:12]}-views{VIEWS}"
+    """Names the cache of pool descriptors: new weights, or other views found, make new
+    descriptors."""
+    return f"copy-net-{hashlib.sha256(_weights()).hexdigest()[:12]}-views{VIEWS}v{VERSION}"
 
 
 def _weights() -> bytes:

@@ -45,7 +45,11 @@ from pool.store import Pool
 
 BATCH = 2048
 CENTRE_MIN_IMAGES = 64  # smaller pools: features are compared uncentred
-COPY_KEY = "copy-views-v4"  # cache of dedup/views.py view_descriptors
+COPY_KEY = f"copy-views-v{views.VERSION}"  # cache of dedup/views.py view_descriptors
+# Two pool images within the hash radius are linked from this pair alignment (verify.py
+# pair_alignment). Decontamination's VERIFY_SIM_HASH was tuned on pool-image-to-item pairs, not on
+# pool pairs (whose score is another), so grouping keeps its own
+GROUP_SIM_HASH = 0.93
 COPY_DIM = views.VIEWS * views.COPY_GRID**2
 
 
@@ -119,6 +123,7 @@ def dedup_pool(
         },
         "verify_sim": verify_sim,
         "verify_sim_with_hash": min(verify_sim, decontaminate.VERIFY_SIM_HASH),
+        "group_sim_with_hash": min(verify_sim, GROUP_SIM_HASH),
         "verify_margin_moved": decontaminate.MOVED_MARGIN,
         "verify_learned": {
             "similarity": decontaminate.LEARNED_SURE,
@@ -286,7 +291,7 @@ def _edges(
     rest, codes, mirrors, pixels, feats, radius, sim, verify_sim, method, load_thumbs, progress
 ):
     """Match-graph edges (positions in `rest`): same pixels; hashes within the radius that the
-    alignment check confirms (>= VERIFY_SIM_HASH: two pieces of evidence); similar features
+    alignment check confirms (>= GROUP_SIM_HASH: two pieces of evidence); similar features
     that it confirms (>= verify_sim). Also {(row, row): alignment} of every pair checked (rows
     of the whole scope, smaller first).
 
@@ -303,7 +308,7 @@ def _edges(
     same = np.array([p for p in same if p[0] != p[1]], dtype=np.int64).reshape(-1, 2)
     found = binary_index.near_pairs(codes[rest], mirrors[rest], radius, method, progress=progress)
     candidates = [np.stack([found.query, found.db], 1)]
-    needed = [np.full(len(found.query), min(verify_sim, decontaminate.VERIFY_SIM_HASH))]
+    needed = [np.full(len(found.query), min(verify_sim, GROUP_SIM_HASH))]
     if feats is not None:
         close = embeddings.similar(feats[rest], feats[rest], sim, progress=progress)
         candidates.append(np.stack([close.query, close.db], 1))

@@ -20,10 +20,14 @@ from PIL import Image
 
 from pool.images import resize_center_crop
 
+# Bumped whenever the views found change: it names the caches of what is computed from them
+# (dedup/run.py copy descriptors, dedup/copy_net.py learned descriptors)
+VERSION = 5
 WORK_SIDE = 128  # the frame is searched on a copy at most this large
 TOLERANCE = 18  # a pixel is background when every channel is within this of the frame colour
 MIN_FRAME_SHARE = 0.5  # share of the outer ring that must be the frame colour
-MIN_AREA = 0.08  # a picture smaller than this share of the image is not trusted
+MIN_AREA = 0.04  # a picture smaller than this share of the image (a fifth of its side) is not
+# trusted; a thumbnail on a page can be nearly that small
 MAX_TURN = 12  # degrees either way a framed picture may be turned
 TURN_STEP = 0.5
 EDGE_TRIM = 2  # percent of outline points at each end left out of the box (small protrusions)
@@ -112,6 +116,8 @@ def find_picture(img: Image.Image) -> Picture | None:
         return None
     # one working pixel in from each side: the box's edge pixels mix picture and frame
     inv = 1 / scale
+    if min(bw, bh) - 2 < COPY_GRID * scale:  # narrower than the copy descriptor's grid
+        return None
     return Picture(cx * inv, cy * inv, (bw - 2) * inv, (bh - 2) * inv, angle)
 
 

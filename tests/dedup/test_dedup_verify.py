@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageOps
 
 from dedup import verify
-from dedup.decontaminate import accepts
+from dedup.decontaminate import VERIFY_SIM_HASH, accepts
 from dedup.embeddings import TorchExtractor, centred, normalize
 from dedup.options import DedupOptions as Opts
 from dedup.run import CENTRE_MIN_IMAGES, dedup_pool
@@ -74,6 +74,17 @@ def test_verification_decides_which_candidates_become_overlaps(tmp_path):
     rows = {r["sha256"]: r for r in pool.manifest().to_pylist()}
     assert rows[added[0]]["status"] == "kept"  # its hash is 10 bits away
     assert all(r["eval_hamming"] == 0 for r in rows.values() if r["status"] == "test_overlap")
+
+
+def test_a_hash_within_the_radius_lowers_the_alignment_a_match_needs():
+    """A pHash within the radius is a second, independent piece of evidence: such a pair
+    matches from VERIFY_SIM_HASH, below verify_sim; beyond the radius it needs verify_sim."""
+    crop_share, angle, mirrored = verify.window_shape(np.arange(1000))
+    whole = int(np.nonzero((crop_share == 0) & (angle == 0) & ~mirrored)[0][0])
+    align = np.array([0.9, 0.9, VERIFY_SIM_HASH - 0.01, 0.94])
+    ham = np.array([4, 5, 4, 5])
+    got = accepts(align, ham, np.full(4, whole), np.full(4, np.nan), 4, 0.93, VERIFY_SIM_HASH)
+    assert got.tolist() == [True, False, False, True]
 
 
 class NonNegativeNet(torch.nn.Module):

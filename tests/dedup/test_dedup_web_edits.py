@@ -74,12 +74,19 @@ def near(box, want, tolerance: int = 3) -> bool:
         (lambda i: framed(i, 0.75, (30, 90, 200), at=(0.1, 0.9)), (2, 22, 74, 94)),
         (lambda i: letterboxed(i, (0, 0, 0)), (28, 0, 100, 72)),
         (screenshot, (30, 24, 118, 112)),
+        # a thumbnail a quarter of the side, as small as pictures on pages come
+        (lambda i: framed(i, 0.25, (255, 255, 255), at=(0.3, 0.6)), (22, 43, 46, 67)),
     ],
 )
 def test_find_picture_finds_the_picture_inside_a_plain_frame(make, inside):
     picture = views.find_picture(make(textured(5)))
     assert picture is not None and picture.angle == 0
     assert near(picture.box, inside), picture
+
+
+def test_a_picture_under_a_fifth_of_the_side_is_not_trusted():
+    assert views.find_picture(framed(textured(5), 0.22, (255, 255, 255))) is not None
+    assert views.find_picture(framed(textured(5), 0.17, (255, 255, 255))) is None
 
 
 def test_a_screenshot_whose_picture_shares_the_page_colour_is_cut_at_the_page_gaps():
