@@ -192,7 +192,7 @@ def main() -> None:
         urls = table["url"].to_pylist()
     s = result.settings
     print(
-        f"decontamination: candidates from copy descriptors (top {s['copy_top_items']} items, "
+        f"decontamination: candidates from copy descriptors (top {s['copy_top_items']} items per view, "
         f">= {s['copy_floor']}), the learned descriptor {s['learned_descriptor']} (top "
         f"{s['learned_top_items']} items, >= {s['learned_floor']}, the nearest from "
         f"{s['learned_floor_standing_out']['similarity']} when "

@@ -242,7 +242,7 @@ def copy_candidates(rng, n_pool: int, n_eval: int, per_item: int, framed: float 
     print(
         f"candidate copy-descriptor search ({dim}-d, {views.VIEWS} views, {framed:.0%} framed, "
         f"{copy_search.WIDE_ITEMS} items per view looked at window by window, top "
-        f"{copy_search.TOP_ITEMS} kept, of {n_eval * per_item:,} variants): "
+        f"{copy_search.TOP_ITEMS} kept per view, of {n_eval * per_item:,} variants): "
         f"{time.perf_counter() - start:6.1f} s, {len(rows) / n_pool:.2f} candidates per image",
         flush=True,
     )

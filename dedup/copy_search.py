@@ -24,7 +24,7 @@ from dedup import embeddings, views
 NEIGHBOURS = 64  # variants looked up per view
 NPROBE = 32  # inverted lists searched when the variant index is IVF
 WIDE_ITEMS = 16  # items per view looked at window by window
-TOP_ITEMS = 2  # candidates kept per pool image
+TOP_ITEMS = 2  # candidates kept per view of a pool image
 FLOOR = 0.7  # least window similarity of a candidate
 WINDOW_SIDES = (32, 30, 28, 26, 24)  # on the 32 px thumbnail
 WINDOW_STEPS = 3  # positions per axis of each smaller window: both edges and the centre
@@ -60,9 +60,12 @@ def candidates(index, copy: np.ndarray, progress: bool = False) -> tuple[np.ndar
         return np.empty(0, np.int64), np.empty(0, np.int64)
     view, item = (np.concatenate(a) for a in zip(*nearest, strict=True))
     sim = _window_similarity(per_view, index.thumbs, view, item, progress)
-    row = view // views.VIEWS
     keep = sim >= FLOOR
-    return _top_per_group(row[keep], item[keep], sim[keep], TOP_ITEMS)
+    # kept per view, not per image: each view is a guess at where the picture is, and a
+    # blurred page's whole view finds bland items more alike than the picture's own
+    view, item = _top_per_group(view[keep], item[keep], sim[keep], TOP_ITEMS)
+    pairs = np.unique(np.stack([view // views.VIEWS, item], 1), axis=0)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def learned_nearest(index, net: np.ndarray, progress: bool = False):

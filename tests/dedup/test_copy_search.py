@@ -1,12 +1,12 @@
 """Decontamination candidates from copy descriptors (dedup/copy_search.py), on real images:
-the window descriptors agree with the index's, and copies cropped between the index's variants
-or framed and turned find their item among the few candidates kept."""
+the window descriptors agree with the index's, and copies cropped between the index's variants,
+framed and turned, or blurred on a page find their item among the few candidates kept."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from dedup import copy_search, decontaminate, views
 from dedup.evalset import EvalSet
@@ -43,7 +43,31 @@ def test_copies_between_the_index_variants_or_framed_and_turned_find_their_item(
     rows, found = copy_search.candidates(index, np.stack([views.view_descriptors(p) for p in pool]))
     for row, item in enumerate(copies):
         assert item in found[rows == row], (item, found[rows == row])
-        assert (rows == row).sum() <= copy_search.TOP_ITEMS
+        assert (rows == row).sum() <= copy_search.TOP_ITEMS * len(views.pictures(pool[row]))
+
+
+def page(picture: Image.Image) -> Image.Image:
+    """A gallery page: title bar, the picture, caption rules."""
+    out = Image.new("RGB", (96, 96), (235, 235, 230))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, 0, 96, 9), fill=(30, 40, 120))
+    out.paste(picture.resize((44, 44), Image.Resampling.BICUBIC), (26, 20))
+    for k in range(3):
+        draw.rectangle((8, 72 + 7 * k, 88, 75 + 7 * k), fill=(60, 60, 60))
+    return out
+
+
+def test_a_blurred_page_keeps_the_item_its_picture_finds_beside_pages_like_it():
+    """The evaluation set holds two pages of the same gallery with other pictures: a blurred
+    copy of the page with item 3 resembles them as a whole more than its blurred picture
+    resembles item 3, yet item 3 stays a candidate (the top items are kept per view)."""
+    items = [textured(500 + k) for k in range(58)] + [page(textured(900)), page(textured(901))]
+    evalset = EvalSet([f"e{k}" for k in range(60)], [None] * 60, lambda i: items[i])
+    index = decontaminate.prepare(evalset, "phash", learned=False)
+    copy = page(items[3]).filter(ImageFilter.GaussianBlur(2))
+    assert len(views.pictures(copy)) == 2
+    rows, found = copy_search.candidates(index, views.view_descriptors(copy)[None])
+    assert {3, 58, 59} <= set(found.tolist())
 
 
 def test_top_per_group_keeps_each_groups_best_distinct_items_whatever_the_order():

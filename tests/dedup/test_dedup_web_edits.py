@@ -89,6 +89,14 @@ def test_a_picture_under_a_fifth_of_the_side_is_not_trusted():
     assert views.find_picture(framed(textured(5), 0.17, (255, 255, 255))) is None
 
 
+@pytest.mark.parametrize("width, found", [(6, False), (12, True)])
+def test_a_picture_narrower_than_the_copy_descriptor_grid_is_not_trusted(width, found):
+    """A bird a few pixels wide on a plain sky in a small image is no picture to compare."""
+    small = Image.new("RGB", (32, 32), (200, 210, 230))
+    small.paste(textured(5).resize((width, 16)), (10, 8))
+    assert (views.find_picture(small) is not None) == found
+
+
 def test_a_screenshot_whose_picture_shares_the_page_colour_is_cut_at_the_page_gaps():
     """The picture's own white areas touch its edges, so it is no solid region unlike the page,
     and the caption lines widen its extent: the page's blocks (title, picture, captions) are
