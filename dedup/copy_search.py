@@ -7,7 +7,7 @@ luminance descriptor, giving each view its WIDE_ITEMS most similar items. The in
 variants per item, so a copy cropped between them (a 15% crop off-centre) often ranks its own
 item below unrelated ones there. Then a finer look at those items only: each is compared as
 many windows (WINDOW_SIDES x WINDOW_STEPS^2 positions x WINDOW_ANGLES, mirrored or not), and
-the TOP_ITEMS items whose best window reaches FLOOR become candidates for verification
+each view's TOP_ITEMS items whose best window reaches FLOOR become candidates for verification
 (dedup/verify.py). Measured on bench/dedup_quality.py's tune split.
 """
 
