@@ -72,12 +72,17 @@ def learned_nearest(index, net: np.ndarray, progress: bool = False):
     """(pool row, item, similarity): the NET_TOP evaluation items nearest each pool row's learned
     descriptors in `net` (dedup/copy_net.py view_descriptors, zeros for absent views, or one
     descriptor per row), by the item or its mirror in `index.net` and the row's best view,
-    best first. Those at NET_FLOOR or above are candidates; the runner-up tells how much the
-    best stands out."""
+    best first. Those at NET_FLOOR or above are candidates."""
+    return nearest_per_row(learned_nearest_views(index, net, progress), net, index)
+
+
+def learned_nearest_views(index, net: np.ndarray, progress: bool = False):
+    """(view, item, similarity): the NET_TOP evaluation items nearest each present view's
+    learned descriptor in `net` (as learned_nearest), best first; a view is numbered pool row
+    x views per row + its place. Its runner-up tells how much a view's item stands out there."""
     from dedup import copy_net
 
     dim = index.net.shape[1]
-    per_row = net.shape[1] // dim
     per_view = net.reshape(-1, dim)
     present = _present(per_view)
     out = []
@@ -89,14 +94,18 @@ def learned_nearest(index, net: np.ndarray, progress: bool = False):
         nprobe=NPROBE,
         progress=progress,
         desc="overlap learned",
-    ):
-        out.append(
-            _best_per_row(present[found.query] // per_row, found.db // copy_net.PER_ITEM, found.sim)
-        )
+    ):  # a chunk holds whole queries, so each view's items come in one chunk
+        out.append(_best_per_row(present[found.query], found.db // copy_net.PER_ITEM, found.sim))
     if not out:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    # a row's views may fall in two chunks
-    return _best_per_row(*(np.concatenate(a) for a in zip(*out, strict=True)))
+    return tuple(np.concatenate(a) for a in zip(*out, strict=True))
+
+
+def nearest_per_row(nearest_views, net: np.ndarray, index):
+    """learned_nearest_views' items gathered per pool row of `net`: each row's NET_TOP nearest
+    by its best view, best first."""
+    view, item, sim = nearest_views
+    return _best_per_row(view // (net.shape[1] // index.net.shape[1]), item, sim)
 
 
 def _present(per_view: np.ndarray) -> np.ndarray:

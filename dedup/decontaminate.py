@@ -15,9 +15,9 @@ Verification (dedup/verify.py): a candidate pair is a match when a view of the p
 up with a window of the evaluation image (cropped, turned, mirrored), with an alignment score
 >= `verify_sim`, or >= `verify_sim_hash` when the hash is also within `radius`, or
 >= VERIFY_SIM_LEARNED when the learned descriptor rates the pair >= LEARNED_SURE and LEARNED_GAP
-above the image's next nearest item (two independent pieces of evidence). Same bytes or same
-pixels always match. A pair whose item the learned descriptor rates LEARNED_VETO or more below
-another item is refused however well it lines up: a same-class drawing lines up with many.
+above the next nearest item of the same view (two independent pieces of evidence). Same bytes
+or same pixels always match. A pair whose item the learned descriptor rates LEARNED_VETO or more
+below another item is refused however well it lines up: a same-class drawing lines up with many.
 
 The threshold rises for a pool image that lines up well with other items (its cohort: the
 COHORT items nearest its view by copy descriptor, its own candidate left out): a plain or
@@ -79,7 +79,7 @@ COHORT = 8  # other items each grey-zone pool view is aligned with
 COHORT_WEIGHT = 0.3  # threshold rise per unit of the cohort's best alignment ...
 COHORT_START = 0.8  # ... above this one
 # The learned backing: a learned-descriptor similarity (dedup/copy_net.py) of LEARNED_SURE, and
-# LEARNED_GAP above the pool image's next nearest item, lets a pair match from an alignment of
+# LEARNED_GAP above the next nearest item of the same view, lets a pair match from an alignment of
 # VERIFY_SIM_LEARNED, and a pair whose item the learned descriptor rates LEARNED_VETO below
 # another item is refused. Chosen together on the tune splits of bench/dedup_quality.py
 # (--tune-from 0.84, seeds 0 and 1; sure 0.65-0.75 x from 0.84-0.87 x veto): the best lowest
@@ -188,7 +188,7 @@ class Overlap:
     window: int | None = None  # the best window (dedup/verify.py window_shape)
     cohort: float | None = None  # best alignment with another item (None: not needed)
     learned: float | None = None  # learned-descriptor similarity (dedup/copy_net.py)
-    learned_other: float | None = None  # ... of the pool image's nearest other item
+    learned_other: float | None = None  # ... of the nearest other item in the same view
     zoomed: bool = False  # the window is a part of the pool image (verify.zoom_alignment)
     shape: float | None = None  # score at the best window with colour left out (None: not kept)
 
@@ -225,7 +225,7 @@ class Candidates:
     window: np.ndarray  # the best window (dedup/verify.py describe)
     cohort: np.ndarray  # best alignment with a cohort item, NaN outside the grey zone
     learned: np.ndarray  # learned-descriptor similarity (dedup/copy_net.py), NaN without one
-    learned_other: np.ndarray  # ... of the pool image's nearest other item
+    learned_other: np.ndarray  # ... of the nearest other item in the same view
     zoomed: np.ndarray  # whether the best window is a part of the pool image (zoom_alignment)
     item_detail: np.ndarray  # the item's fine detail (verify.fine_detail)
     shape: np.ndarray  # the alignment with colour left out, NaN where not needed
@@ -252,15 +252,16 @@ def find_overlaps(
     the same way; `copy` holds each pool row's view_descriptors (dedup/views.py);
     `load_views(rows)` returns the 32x32 uint8 thumbnails of the rows' views and, for each, its
     position in `rows`; `net` holds each pool row's learned descriptor (dedup/copy_net.py)."""
-    nearest = None
+    nearest = near_views = None
     if net is not None and index.net is not None and len(net):
-        nearest = copy_search.learned_nearest(index, net, progress)
+        near_views = copy_search.learned_nearest_views(index, net, progress)
+        nearest = copy_search.nearest_per_row(near_views, net, index)
     rows, items = _candidate_pairs(
         index, codes, features, copy, nearest, candidate_sim, method, progress
     )
     ham, sim = _pair_scores(index, codes, features, rows, items)
-    learned = _learned_similarity(index, net, rows, items)
-    learned_other = _learned_runner_up(nearest, rows, items)
+    learned, learned_view = _learned_similarity(index, net, rows, items)
+    learned_other = _learned_runner_up(near_views, learned_view, items)
     item_detail = verify.fine_detail(index.thumbs)[items] if len(items) else np.zeros(0)
     align, view, window, cohort, zoomed, shape = _best_view_alignment(
         index,
@@ -349,7 +350,7 @@ def accepts(
     tried, so an unrelated image reaches a high score there more easily), and
     `cohort_weight` x (cohort - COHORT_START) more where that is positive (cohort NaN: the
     pair has none, no rise). A `zoomed` pair matches only with the learned backing; a pair the
-    learned descriptor rates `learned_veto` below the pool image's nearest other item never
+    learned descriptor rates `learned_veto` below the nearest other item of its view never
     does. A backed pair whose `shape` (alignment with colour left out) reaches
     `verify_sim_shape` plus the cohort's rise matches too."""
     zoomed = np.zeros(len(align), bool) if zoomed is None else zoomed
@@ -379,7 +380,7 @@ def _learned_refuses(n: int, learned, learned_other, veto: float) -> np.ndarray:
 
 def _learned_sure(learned, learned_other, learned_sure=LEARNED_SURE) -> np.ndarray | None:
     """Whether the learned descriptor backs each pair: similarity >= learned_sure, and
-    LEARNED_GAP above the pool image's nearest other item (a bland image is near many)."""
+    LEARNED_GAP above the nearest other item of the same view (a bland image is near many)."""
     if learned is None:
         return None
     other = np.full(len(learned), np.nan) if learned_other is None else learned_other
@@ -567,35 +568,40 @@ def _candidate_pairs(index, codes, features, copy, nearest, candidate_sim, metho
     return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
 
 
-def _learned_runner_up(nearest, rows, items) -> np.ndarray:
-    """For each (pool row, item) pair, the learned similarity of the row's nearest other item
-    (from the NET_TOP nearest; NaN without the learned descriptor)."""
-    out = np.full(len(rows), np.nan, np.float32)
-    if nearest is None or not len(nearest[0]):
+def _learned_runner_up(near_views, views_of_pairs, items) -> np.ndarray:
+    """For each (pool view, item) pair, the learned similarity of the view's nearest other item
+    (from its NET_TOP nearest, `learned_nearest_views`; NaN without the learned descriptor).
+    Measured in the view where the pair's item is best, not over the image: a page whose
+    whole view resembles another item does not make its picture's item stand out less."""
+    out = np.full(len(views_of_pairs), np.nan, np.float32)
+    if near_views is None or not len(near_views[0]):
         return out
-    near_row, near_item, near_sim = nearest
-    at = np.searchsorted(near_row, rows)  # the row's best, then its second best
+    near_view, near_item, near_sim = near_views
+    at = np.searchsorted(near_view, views_of_pairs)  # the view's best, then its second best
     for rank in (1, 0):  # the best other: the first whose item is not the pair's own
-        k = np.minimum(at + rank, len(near_row) - 1)
-        other = (near_row[k] == rows) & (near_item[k] != items)
+        k = np.minimum(at + rank, len(near_view) - 1)
+        other = (near_view[k] == views_of_pairs) & (near_item[k] != items)
         out[other] = near_sim[k[other]]
     return out
 
 
-def _learned_similarity(index, net, rows, items) -> np.ndarray:
+def _learned_similarity(index, net, rows, items) -> tuple[np.ndarray, np.ndarray]:
     """Learned-descriptor similarity of each pool row to its item (or the item's mirror), by
-    the row's best view (an absent view's zero descriptor scores 0)."""
+    the row's best view (an absent view's zero descriptor scores 0), and that view's number
+    (row x views per row + its place; -1 without the learned descriptor)."""
     if net is None or index.net is None:
-        return np.full(len(rows), np.nan, np.float32)
+        return np.full(len(rows), np.nan, np.float32), np.full(len(rows), -1, np.int64)
     dim = index.net.shape[1]
     per_item = index.net.reshape(-1, copy_net.PER_ITEM, dim)
     per_row = net.reshape(len(net), -1, dim)
     out = np.empty(len(rows), np.float32)
+    best_view = np.empty(len(rows), np.int64)
     for s in range(0, len(rows), PAIR_CHUNK):
         r, it = rows[s : s + PAIR_CHUNK], items[s : s + PAIR_CHUNK]
-        sim = np.einsum("nwd,nvd->nwv", per_item[it], per_row[r])
-        out[s : s + PAIR_CHUNK] = sim.max(axis=(1, 2))
-    return out
+        sim = np.einsum("nwd,nvd->nwv", per_item[it], per_row[r]).max(axis=1)
+        out[s : s + PAIR_CHUNK] = sim.max(axis=1)
+        best_view[s : s + PAIR_CHUNK] = r * per_row.shape[1] + sim.argmax(axis=1)
+    return out, best_view
 
 
 def _pair_scores(index, codes, features, rows, items):
