@@ -5,6 +5,7 @@ framed and turned, or blurred on a page find their item among the few candidates
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
@@ -100,3 +101,31 @@ def test_search_chunks_come_query_by_query_best_first(monkeypatch):
     whole = embeddings.similar(db, queries, -1.0, k=10)
     assert whole.query.tolist() == np.concatenate([m.query for m in chunks]).tolist()
     assert whole.query.tolist() == np.repeat(np.arange(40), 10).tolist()
+
+
+def test_the_learned_runner_up_is_the_next_item_of_the_view_that_finds_the_item():
+    """A page whose whole view is near item 1 (0.85) while its picture's view finds item 0
+    (0.9, the next item there 0.3): the backing asks how far item 0 stands out in the picture's
+    view (0.6 above the next), not over the whole page (0.05)."""
+    from types import SimpleNamespace
+
+    from dedup import copy_net
+
+    basis = np.linalg.qr(np.random.default_rng(0).standard_normal((copy_net.DIM, 4)))[0].T
+    index = SimpleNamespace(net=np.repeat(basis[:3], copy_net.PER_ITEM, axis=0))  # + mirrors
+    page = 0.5 * basis[0] + 0.85 * basis[1] + np.sqrt(1 - 0.25 - 0.7225) * basis[3]
+    picture = 0.9 * basis[0] + 0.3 * basis[2] + np.sqrt(1 - 0.81 - 0.09) * basis[3]
+    net = np.zeros((1, views.VIEWS, copy_net.DIM), np.float32)
+    net[0, 0], net[0, 1] = page, picture
+    net = net.reshape(1, -1)
+    item = np.array([0])
+    learned, view = decontaminate._learned_similarity(index, net, np.array([0]), item)
+    assert learned[0] == pytest.approx(0.9, abs=1e-5) and view.tolist() == [1]
+    near_views = copy_search.learned_nearest_views(index, net)
+    other = decontaminate._learned_runner_up(near_views, view, item)
+    assert other[0] == pytest.approx(0.3, abs=1e-5)
+    assert decontaminate._learned_sure(learned, other)[0]
+    # over the whole image, the page's item 1 would be the runner-up and hide the picture's
+    rows, found, sim = copy_search.learned_nearest(index, net)
+    assert found.tolist() == [0, 1] and sim[1] == pytest.approx(0.85, abs=1e-5)
+    assert not decontaminate._learned_sure(learned, sim[1:])[0]
